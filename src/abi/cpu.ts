@@ -1,0 +1,51 @@
+// What a PV guest kernel sees of the machine it runs on: the CPU (registers it needs, the
+// hypercall instruction, loads and stores through the MMU) and nothing of Xen's internals.
+// The hypervisor implements it; the guest kernel is written against it.
+
+import type { GuestWidth } from "./layout.ts";
+
+export interface GuestCpu {
+  readonly vcpuId: number;
+  readonly width: GuestWidth;
+  /** The `syscall`/`int 0x82` into Xen: op number and register arguments; returns rax. */
+  hypercall(op: number, a1?: number, a2?: number, a3?: number, a4?: number, a5?: number): number;
+  /** rdtsc. The virtual TSC runs at the rate vcpu_time_info advertises. */
+  rdtsc(): number;
+  /** Loads and stores by guest virtual address. A fault throws PageFault (the guest's #PF). */
+  read8(va: number): number;
+  read32(va: number): number;
+  read64(va: number): number;
+  write8(va: number, value: number): void;
+  write32(va: number, value: number): void;
+  write64(va: number, value: number): void;
+  /**
+   * The 32-bit words of the page that backs `va` now, for hot loops over a page the kernel keeps
+   * mapped (shared_info, event arrays): as a TLB hit on a mapping that does not change.
+   */
+  pageWords(va: number): Uint32Array;
+  /** Accounts guest work in virtual nanoseconds. */
+  spend(ns: number): void;
+}
+
+/** The guest's #PF, raised by a load or store through a missing or read-only mapping. */
+export class PageFault extends Error {
+  constructor(
+    readonly va: number,
+    readonly write: boolean,
+  ) {
+    super(`page fault at ${va < 0 ? `-0x${(-va).toString(16)}` : `0x${va.toString(16)}`} (${write ? "write" : "read"})`);
+  }
+}
+
+/**
+ * A kernel image as the hypervisor sees one: code at addresses. Xen "jumps" to an address
+ * (the entry point, a registered callback, a vCPU's initial rip) and lets the vCPU run on.
+ */
+export interface GuestImage {
+  /** Entry point of vCPU 0, called with the start_info virtual address (rsi on x86_64). */
+  readonly entry: number;
+  /** Transfers control to `address` on `cpu` (an entry point or a callback). */
+  enter(address: number, cpu: GuestCpu, arg: number): void;
+  /** Lets `cpu` run on from where it last stopped (one scheduling quantum of work). */
+  resume(cpu: GuestCpu): void;
+}

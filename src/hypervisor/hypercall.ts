@@ -1,0 +1,128 @@
+// The hypercall entry: op number and register arguments in, 0 or -errno out. A bad guest
+// address anywhere inside becomes -EFAULT; anything else thrown is a hypervisor bug.
+
+import { CALLBACK_REGISTER_64, EVTCHN_OP_COMPAT } from "../abi/layout.ts";
+import { CALLBACKOP, CALLBACKTYPE, XEN_ERRNO as E, HYPERVISOR, XENVER_version } from "../abi/xen.ts";
+import { doEventChannelOp } from "./hc_evtchn.ts";
+import { doSchedOp, doSetTimerOp, doVcpuOp } from "./hc_sched.ts";
+import { type Hypervisor, XenBug } from "./hypervisor.ts";
+import { FaultError } from "./paging.ts";
+import type { Vcpu } from "./vcpu.ts";
+
+const XEN_VERSION = (4 << 16) | 17;
+const CONSOLEIO_write = 0;
+const PTE_PRESENT = 1;
+const PTE_RW = 2;
+/** Bits 12-51 of a PTE hold the frame number. */
+const PTE_MFN_DIVISOR = 4096;
+const PTE_MFN_LIMIT = 2 ** 40;
+
+export function dispatchHypercall(
+  hv: Hypervisor,
+  v: Vcpu,
+  op: number,
+  a1: number,
+  a2: number,
+  a3: number,
+  a4: number,
+  _a5: number,
+): number {
+  try {
+    switch (op) {
+      case HYPERVISOR.event_channel_op:
+        return doEventChannelOp(hv, v, a1, a2);
+      case HYPERVISOR.event_channel_op_compat:
+        return doEventChannelOp(hv, v, hv.guest.u32(v, a1 + EVTCHN_OP_COMPAT.cmd), a1 + EVTCHN_OP_COMPAT.u);
+      case HYPERVISOR.sched_op:
+        return doSchedOp(hv, v, a1, a2);
+      case HYPERVISOR.sched_op_compat:
+        return doSchedOp(hv, v, a1, a2);
+      case HYPERVISOR.set_timer_op:
+        return doSetTimerOp(hv, v, v.width === 64 ? a1 : (a1 >>> 0) + (a2 >>> 0) * 0x100000000);
+      case HYPERVISOR.vcpu_op:
+        return doVcpuOp(hv, v, a1, a2, a3);
+      case HYPERVISOR.set_callbacks:
+        return setCallbacks(v, a1, a2, a3, a4);
+      case HYPERVISOR.callback_op:
+        return callbackOp(hv, v, a1, a2);
+      case HYPERVISOR.xen_version:
+        return a1 === XENVER_version ? XEN_VERSION : -E.ENOSYS;
+      case HYPERVISOR.console_io:
+        return consoleIo(hv, v, a1, a2, a3);
+      case HYPERVISOR.update_va_mapping:
+        return v.width === 64 ? updateVaMapping(hv, v, a1, a2) : updateVaMapping(hv, v, a1, (a2 >>> 0) + (a3 >>> 0) * 2 ** 32);
+      default:
+        return -E.ENOSYS;
+    }
+  } catch (e) {
+    if (e instanceof FaultError) return -E.EFAULT;
+    if (e instanceof XenBug) throw e;
+    throw new XenBug(`hypercall ${op} from d${v.domain.domid}v${v.id}: ${(e as Error).stack ?? String(e)}`);
+  }
+}
+
+function setCallbacks(v: Vcpu, a1: number, a2: number, a3: number, a4: number): number {
+  // x86_64: (event, failsafe, syscall); i386: (event_cs, event_eip, failsafe_cs, failsafe_eip).
+  if (v.width === 64) {
+    v.eventCallback = a1;
+    v.failsafeCallback = a2;
+  } else {
+    v.eventCallback = a2;
+    v.failsafeCallback = a4;
+    void a3;
+  }
+  return 0;
+}
+
+function callbackOp(hv: Hypervisor, v: Vcpu, cmd: number, arg: number): number {
+  const g = hv.guest;
+  if (cmd !== CALLBACKOP.register && cmd !== CALLBACKOP.unregister) return -E.ENOSYS;
+  const type = g.u16(v, arg + CALLBACK_REGISTER_64.type);
+  const address =
+    cmd === CALLBACKOP.unregister ? 0 : v.width === 64 ? g.slong(v, arg + CALLBACK_REGISTER_64.address) : g.u32(v, arg + 8);
+  switch (type) {
+    case CALLBACKTYPE.event:
+      if (cmd === CALLBACKOP.unregister) return -E.EINVAL;
+      v.eventCallback = address;
+      return 0;
+    case CALLBACKTYPE.failsafe:
+      if (cmd === CALLBACKOP.unregister) return -E.EINVAL;
+      v.failsafeCallback = address;
+      return 0;
+    case CALLBACKTYPE.nmi:
+      v.nmiCallback = address;
+      return 0;
+    case CALLBACKTYPE.syscall:
+      return v.width === 64 ? 0 : -E.EINVAL;
+    default:
+      return -E.EINVAL;
+  }
+}
+
+function consoleIo(hv: Hypervisor, v: Vcpu, cmd: number, count: number, buffer: number): number {
+  if (cmd !== CONSOLEIO_write) return v.domain.privileged ? -E.ENOSYS : -E.EPERM;
+  if (!Number.isInteger(count) || count < 0) return -E.EINVAL;
+  const n = Math.min(count, 4096);
+  let text = "";
+  for (let i = 0; i < n; i++) text += String.fromCharCode(hv.guest.u8(v, buffer + i));
+  for (const line of text.split("\n")) if (line.length > 0) hv.log(`(d${v.domain.domid}) ${line}`);
+  return 0;
+}
+
+/**
+ * update_va_mapping, for the single-page mappings the current address-space model has (the
+ * kernel direct map itself cannot be changed yet). The frame must belong to the caller.
+ */
+function updateVaMapping(hv: Hypervisor, v: Vcpu, va: number, pte: number): number {
+  const space = v.domain.space;
+  if (!Number.isInteger(va) || space.directMapPfn(va) >= 0) return -E.EINVAL;
+  if (!Number.isInteger(pte) || pte < 0) return -E.EINVAL;
+  if (pte % 2 !== PTE_PRESENT) {
+    space.unmapSingle(va);
+    return 0;
+  }
+  const mfn = Math.floor(pte / PTE_MFN_DIVISOR) % PTE_MFN_LIMIT;
+  if (!hv.frameOwnedBy(v.domain, mfn)) return -E.EINVAL;
+  space.mapSingle(va, mfn, Math.floor(pte / PTE_RW) % 2 === 1);
+  return 0;
+}

@@ -1,0 +1,280 @@
+// The hypervisor: machine memory, domains, the scheduler and timers, the hypercall entry, and
+// the privileged control calls (what domctl/libxc give the toolstack).
+
+import type { GuestImage } from "../abi/cpu.ts";
+import { PageFault } from "../abi/cpu.ts";
+import { DOMID_XEN, RUNSTATE, VIRQ, XEN_PAGE_SIZE } from "../abi/xen.ts";
+import { Domain, type DomainConfig } from "./domain.ts";
+import { ECS, type EvtchnHost, evtchnClose, sendGuestVirq } from "./evtchn.ts";
+import { GuestAccess } from "./guest_access.ts";
+import { dispatchHypercall } from "./hypercall.ts";
+import { MachineMemory } from "./memory.ts";
+import { AddressSpace } from "./paging.ts";
+import { DEFAULT_SCHED, type SchedHost, type SchedParams, Scheduler } from "./sched.ts";
+import { NO_DEADLINE, Vcpu, type VcpuHost } from "./vcpu.ts";
+
+/** A fault in the hypervisor itself (Xen's BUG()): never caused by what a guest passes. */
+export class XenBug extends Error {}
+
+export interface HypervisorParams {
+  /** Machine memory in 4 KiB frames. */
+  nrFrames: number;
+  sched: Partial<SchedParams>;
+  /** Virtual ns a hypercall costs, beyond the work it does. */
+  hypercallNs: number;
+}
+
+export interface ConsoleLine {
+  time: number;
+  text: string;
+}
+
+export class Hypervisor implements VcpuHost, SchedHost, EvtchnHost {
+  readonly memory: MachineMemory;
+  readonly guest: GuestAccess;
+  readonly sched: Scheduler;
+  readonly domains = new Map<number, Domain>();
+  /** Xen's console ring (xl dmesg). */
+  readonly console: ConsoleLine[] = [];
+  /** Domain that owns each global VIRQ (XEN_DOMCTL_set_virq_handler); dom0 by default. */
+  readonly globalVirqHandlers = new Map<number, number>();
+  readonly hypercallNs: number;
+  private nextDomid = 0;
+  private deadlineCache = NO_DEADLINE;
+  private deadlineDirty = true;
+
+  constructor(params: Partial<HypervisorParams> = {}) {
+    this.memory = new MachineMemory(params.nrFrames ?? 1 << 20);
+    this.guest = new GuestAccess(this.memory);
+    this.hypercallNs = params.hypercallNs ?? 50;
+    this.sched = new Scheduler({ ...DEFAULT_SCHED, ...params.sched }, this);
+  }
+
+  log(text: string): void {
+    this.console.push({ time: this.sched.now(), text });
+    if (this.console.length > 4096) this.console.splice(0, 1024);
+  }
+
+  domainById(domid: number): Domain | undefined {
+    return this.domains.get(domid);
+  }
+
+  // ---- control calls for the toolstack (domctl) ----
+
+  /** XEN_DOMCTL_createdomain plus populate_physmap: a paused domain with its memory. */
+  createDomain(config: DomainConfig, image: GuestImage): Domain {
+    const domid = this.nextDomid++;
+    const mfns = this.memory.alloc(domid, config.nrPages + 1);
+    if (!mfns) throw new Error(`out of machine memory: ${config.nrPages} pages wanted, ${this.memory.framesFree} free`);
+    const sharedInfoMfn = mfns.pop()!;
+    const p2m = Uint32Array.from(mfns);
+    for (let pfn = 0; pfn < p2m.length; pfn++) this.memory.m2p[p2m[pfn]!] = pfn;
+    const space = new AddressSpace(config.width === 64 ? -0x778000000000 : 0xc0000000, p2m);
+    const d = new Domain(
+      domid,
+      config,
+      p2m,
+      sharedInfoMfn,
+      this.memory.u32(sharedInfoMfn),
+      this.memory.u8(sharedInfoMfn),
+      space,
+      image,
+      (virq) => this.globalVirqHandlers.get(virq) ?? 0,
+    );
+    for (let id = 0; id < config.maxVcpus; id++) {
+      const v = new Vcpu(id, d, this);
+      // Xen starts every PV vCPU with a 10 ms periodic timer; Linux stops it at boot.
+      v.periodicPeriod = 10_000_000;
+      d.vcpus.push(v);
+    }
+    d.pauseCount = 1;
+    this.domains.set(domid, d);
+    this.log(`Created domain ${domid} (${config.name}): ${config.maxVcpus} vCPUs, ${config.nrPages} pages, ${config.width}-bit`);
+    return d;
+  }
+
+  /** Sets vCPU 0's entry point (what the domain builder puts in its initial context). */
+  setBootContext(d: Domain, entry: number, arg: number): void {
+    const v = d.vcpus[0]!;
+    v.startAddress = entry;
+    v.startArg = arg;
+    v.initialised = true;
+    v.down = false;
+  }
+
+  pauseDomain(d: Domain): void {
+    d.pauseCount++;
+    if (d.pauseCount === 1) for (const v of d.vcpus) this.sched.evict(v);
+  }
+
+  unpauseDomain(d: Domain): void {
+    if (d.pauseCount === 0) return;
+    d.pauseCount--;
+    if (d.pauseCount === 0) for (const v of d.vcpus) if (v.runnable) this.sched.wake(v);
+    this.deadlineDirty = true;
+  }
+
+  /** domain_shutdown: the domain stops running and dom0 hears of it through VIRQ_DOM_EXC. */
+  shutdownDomain(d: Domain, reason: number): void {
+    if (d.state !== "running") return;
+    d.state = "shutdown";
+    d.shutdownCode = reason;
+    for (const v of d.vcpus) this.sched.evict(v);
+    this.log(`Domain ${d.domid} (${d.name}) shut down, reason ${reason}`);
+    this.raiseDomExc();
+  }
+
+  /** XEN_DOMCTL_destroydomain: closes its channels (peers go unbound) and frees its memory. */
+  destroyDomain(d: Domain): void {
+    d.state = "dying";
+    for (const v of d.vcpus) this.sched.evict(v);
+    for (let port = 1; port < d.evtchn.validPorts; port++) {
+      if (d.evtchn.state[port] !== ECS.FREE) evtchnClose(this, d, port);
+    }
+    for (let mfn = 0; mfn < this.memory.nrFrames; mfn++) {
+      if (this.memory.owner[mfn] === d.domid) this.memory.free(mfn);
+    }
+    this.domains.delete(d.domid);
+    this.log(`Destroyed domain ${d.domid} (${d.name})`);
+    this.raiseDomExc();
+  }
+
+  private raiseDomExc(): void {
+    const handler = this.domains.get(this.globalVirqHandlers.get(VIRQ.DOM_EXC) ?? 0);
+    if (handler) sendGuestVirq(handler, 0, VIRQ.DOM_EXC);
+  }
+
+  /** A guest did something its kernel could not survive (domain_crash). */
+  crashDomain(d: Domain, why: string): void {
+    this.log(`domain_crash called from ${d.name}: ${why}`);
+    this.shutdownDomain(d, 3);
+  }
+
+  // ---- VcpuHost ----
+
+  hypercall(v: Vcpu, op: number, a1: number, a2: number, a3: number, a4: number, a5: number): number {
+    this.sched.spend(this.hypercallNs);
+    return dispatchHypercall(this, v, op, a1, a2, a3, a4, a5);
+  }
+
+  now(v?: Vcpu): number {
+    return this.sched.now(v);
+  }
+
+  wake(v: Vcpu): void {
+    if (v.runnable) this.sched.wake(v);
+  }
+
+  spend(_v: Vcpu, ns: number): void {
+    this.sched.spend(ns);
+  }
+
+  timersChanged(): void {
+    this.deadlineDirty = true;
+  }
+
+  // ---- SchedHost ----
+
+  runVcpu(v: Vcpu): void {
+    try {
+      if (!v.started) {
+        v.started = true;
+        v.domain.image.enter(v.startAddress, v, v.startArg);
+      } else {
+        v.deliverEvents();
+        if (v.running) v.domain.image.resume(v);
+      }
+    } catch (e) {
+      if (e instanceof XenBug) throw e;
+      const why = e instanceof PageFault ? `unhandled ${e.message}` : `guest kernel error: ${(e as Error).message ?? String(e)}`;
+      this.crashDomain(v.domain, why);
+      if (!(e instanceof PageFault)) this.lastGuestError = e;
+    }
+  }
+
+  /** The last exception a guest kernel died of (a guest bug, kept for tests and reports). */
+  lastGuestError: unknown = undefined;
+
+  contextSwitchIn(v: Vcpu, now: number): void {
+    this.setRunstate(v, RUNSTATE.running, now);
+    // update_vcpu_system_time: version odd while writing, even when consistent.
+    const L = v.domain.layout;
+    const dv = this.memory.dv(v.domain.sharedInfoMfn);
+    const t = v.vcpuInfoOff + L.vcpu_info.time;
+    const version = dv.getUint32(t, true);
+    dv.setUint32(t, (version + 1) >>> 0, true);
+    writeU64(dv, t + L.vcpu_time_info.tsc_timestamp, now);
+    writeU64(dv, t + L.vcpu_time_info.system_time, now);
+    dv.setUint32(t + L.vcpu_time_info.tsc_to_system_mul, 0x80000000, true);
+    dv.setInt8(t + L.vcpu_time_info.tsc_shift, 1);
+    dv.setUint32(t, (version + 2) >>> 0, true);
+  }
+
+  setRunstate(v: Vcpu, state: number, now: number): void {
+    v.runstateTime[v.runstate] = (v.runstateTime[v.runstate] ?? 0) + (now - v.runstateEntry);
+    v.runstate = state;
+    v.runstateEntry = now;
+  }
+
+  nextDeadline(): number {
+    if (!this.deadlineDirty) return this.deadlineCache;
+    let next = NO_DEADLINE;
+    for (const d of this.domains.values()) {
+      if (d.state !== "running" || d.pauseCount > 0) continue;
+      for (const v of d.vcpus) {
+        if (v.down) continue;
+        for (const t of [v.singleshotDeadline, v.periodicPeriod > 0 ? v.periodicNext : NO_DEADLINE, v.pollDeadline]) {
+          if (t !== NO_DEADLINE && (next === NO_DEADLINE || t < next)) next = t;
+        }
+      }
+    }
+    this.deadlineCache = next;
+    this.deadlineDirty = false;
+    return next;
+  }
+
+  fireTimers(now: number): void {
+    const next = this.nextDeadline();
+    if (next === NO_DEADLINE || next > now) return;
+    for (const d of this.domains.values()) {
+      if (d.state !== "running" || d.pauseCount > 0) continue;
+      for (const v of d.vcpus) {
+        if (v.down) continue;
+        if (v.singleshotDeadline !== NO_DEADLINE && v.singleshotDeadline <= now) {
+          v.singleshotDeadline = NO_DEADLINE;
+          sendGuestVirq(d, v.id, VIRQ.TIMER);
+        }
+        if (v.periodicPeriod > 0 && v.periodicNext !== NO_DEADLINE && v.periodicNext <= now) {
+          while (v.periodicNext <= now) v.periodicNext += v.periodicPeriod;
+          sendGuestVirq(d, v.id, VIRQ.TIMER);
+        }
+        if (v.pollDeadline !== NO_DEADLINE && v.pollDeadline <= now) v.wakeFromPoll();
+      }
+    }
+    this.deadlineDirty = true;
+  }
+
+  /** Runs until `until` virtual ns, or `maxSteps`, or until nothing can run. Returns steps taken. */
+  run(until: number, maxSteps = Number.POSITIVE_INFINITY): number {
+    let steps = 0;
+    while (steps < maxSteps && this.sched.now() < until) {
+      if (!this.sched.step()) break;
+      steps++;
+    }
+    return steps;
+  }
+
+  /** Byte address of guest frame `mfn` if `d` may map it (it owns it). */
+  frameOwnedBy(d: Domain, mfn: number): boolean {
+    return this.memory.isValid(mfn) && this.memory.owner[mfn] === d.domid;
+  }
+
+  static readonly PAGE = XEN_PAGE_SIZE;
+  static readonly DOMID_XEN = DOMID_XEN;
+}
+
+function writeU64(dv: DataView, off: number, value: number): void {
+  const lo = value >>> 0;
+  dv.setUint32(off, lo, true);
+  dv.setUint32(off + 4, Math.floor((value - lo) / 0x100000000) >>> 0, true);
+}

@@ -1,0 +1,681 @@
+// Proves src/abi/xen.ts and src/abi/layout.ts against Xen 4.17's real public headers.
+//
+// The headers come from Debian's libxen-dev, unpacked by the xen-oracles setup.sh under
+// $XEN_ROOT/usr/include/xen. We generate C that includes them and let gcc compute every number:
+//
+//  * an x86_64 program, compiled and run, prints JSON with
+//      - every constant of xen.ts, read as Xen itself sees it (a translation unit with
+//        `#define __XEN__`, so that hypervisor-internal values such as XEN_ERESTART and
+//        EVTCHNOP_reset_cont are visible too);
+//      - sizeof/offsetof of every layout.ts struct as a 64-bit PV guest sees it (xen.h);
+//      - the same structs from foreign/x86_64.h and foreign/x86_32.h where those define them;
+//  * an i386 translation unit, compiled with `gcc -m32 -ffreestanding -S` (no 32-bit libc is
+//    needed: nothing is linked or run), whose `const int` array of sizeof/offsetof values is read
+//    back from the assembly. This is the 32-bit PV guest's view of xen.h.
+//
+// foreign/x86_{32,64}.h only define start_info, vcpu_guest_context, vcpu_info, vcpu_time_info and
+// shared_info (with their members' types). multicall_entry, mmuext_op, sched_poll, the vcpu_op and
+// event-channel argument structs, callback_register and mmu_update have no foreign variant, so
+// their i386 layout is checked only through gcc -m32.
+
+import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, describe, test } from "node:test";
+import { gunzipSync } from "node:zlib";
+import * as layoutAbi from "../src/abi/layout.ts";
+import {
+  CALLBACK_REGISTER_32,
+  CALLBACK_REGISTER_64,
+  EVTCHN_FIFO_CONTROL_BLOCK,
+  EVTCHN_OP,
+  EVTCHN_OP_COMPAT,
+  type GuestWidth,
+  LAYOUT_X86_32,
+  LAYOUT_X86_64,
+  type Layout,
+  layoutFor,
+  MMU_UPDATE,
+  SCHED_SHUTDOWN,
+  VCPU_SET_PERIODIC_TIMER,
+} from "../src/abi/layout.ts";
+import * as xenAbi from "../src/abi/xen.ts";
+import {
+  CALLBACKOP,
+  CALLBACKTYPE,
+  DOMID_COW,
+  DOMID_FIRST_RESERVED,
+  DOMID_IDLE,
+  DOMID_INVALID,
+  DOMID_IO,
+  DOMID_SELF,
+  DOMID_XEN,
+  EVTCHN_FIFO,
+  EVTCHNOP,
+  EVTCHNSTAT,
+  HYPERVISOR,
+  MAX_VIRT_CPUS,
+  MMU,
+  MMUEXT,
+  NR_VIRQS,
+  RUNSTATE,
+  SCHEDOP,
+  SHUTDOWN,
+  SIF_INITDOMAIN,
+  SIF_PRIVILEGED,
+  UVMF,
+  VCPU_SSHOTTMR_future,
+  VCPUOP,
+  VGCF_in_kernel,
+  VGCF_online,
+  VIRQ,
+  virqIsPerVcpu,
+  XEN_ERRNO,
+  XEN_PAGE_SHIFT,
+  XEN_PAGE_SIZE,
+  XENVER_version,
+} from "../src/abi/xen.ts";
+
+// ---------------------------------------------------------------------------------------------
+// Where the headers are
+
+const XEN_ROOT = process.env.XEN_ROOT ?? "/tmp/xen-oracles/root";
+const INCLUDE_DIR = join(XEN_ROOT, "usr", "include");
+const HEADER_DIR = join(INCLUDE_DIR, "xen");
+const SETUP_HINT =
+  `Xen 4.17 public headers not found in ${HEADER_DIR}. Run ` +
+  `eval "$(bash /work/shared/xen-oracles/setup.sh /tmp/xen-oracles | grep ^export)" ` +
+  "(the xen-oracles setup.sh; CI runs it before the tests) or point XEN_ROOT at its root.";
+
+/** The guest interface version the probes are compiled for (Xen 4.17's latest). */
+const INTERFACE_VERSION = "0x00040e00";
+
+// ---------------------------------------------------------------------------------------------
+// What is checked: groups of (TS value, C expression) pairs. The same list generates the C
+// probes and the assertions, so the two cannot drift apart.
+
+/**
+ * Where a value is computed:
+ *  xen    - x86_64 program, TU with `#define __XEN__` (constants, as the hypervisor sees them)
+ *  guest  - x86_64 program, guest TU (64-bit guest layouts, foreign/*.h layouts)
+ *  i386   - `gcc -m32` guest TU (32-bit guest layouts)
+ */
+type Unit = "xen" | "guest" | "i386";
+
+interface FieldCheck {
+  /** Names the value in assertion messages, e.g. "LAYOUT_X86_32.start_info.console_mfn". */
+  readonly name: string;
+  readonly ts: number;
+  readonly unit: Unit;
+  /** C expression over the headers' definitions. */
+  readonly expr: string;
+  /** Emit the probe only `#ifdef` this macro; an absent macro fails the check by name. */
+  readonly ifdef?: string;
+  /** Read the value from this key instead of probing `expr` (X-macro lists). */
+  readonly key?: string;
+}
+
+interface CheckGroup {
+  readonly suite: string;
+  readonly title: string;
+  readonly checks: readonly FieldCheck[];
+}
+
+const IDENT = /^[A-Za-z_]\w*$/;
+
+function probeKey(c: FieldCheck): string {
+  return c.key ?? `${c.unit}:${c.expr}`;
+}
+
+function constant(name: string, ts: number, expr: string): FieldCheck {
+  return IDENT.test(expr) ? { name, ts, unit: "xen", expr, ifdef: expr } : { name, ts, unit: "xen", expr };
+}
+
+/** An `as const` object of xen.ts whose keys map onto C macros by a prefix. */
+function prefixed(group: string, values: Readonly<Record<string, number>>, prefix: string): CheckGroup {
+  return {
+    suite: "constants (src/abi/xen.ts)",
+    title: group,
+    checks: Object.entries(values).map(([k, v]) => constant(`${group}.${k}`, v, `${prefix}${k}`)),
+  };
+}
+
+// Xen's EVTCHN_FIFO_EVENT_WORDS_PER_PAGE and EVTCHN_FIFO_MAX_EVENT_ARRAY_PAGES are private
+// (xen/include/xen/event_fifo.h) and derived there from public definitions exactly like this.
+const FIFO_WORDS_PER_PAGE = "((1 << XEN_PAGE_SHIFT) / sizeof(event_word_t))";
+const FIFO_DERIVED: Readonly<Record<string, string>> = {
+  EVENT_WORDS_PER_PAGE: FIFO_WORDS_PER_PAGE,
+  MAX_EVENT_ARRAY_PAGES: `(EVTCHN_FIFO_NR_CHANNELS / ${FIFO_WORDS_PER_PAGE})`,
+};
+
+/** Single constants of xen.ts: export name -> [value, C expression]. */
+const SCALAR_CONSTANTS: Readonly<Record<string, readonly [number, string]>> = {
+  DOMID_FIRST_RESERVED: [DOMID_FIRST_RESERVED, "DOMID_FIRST_RESERVED"],
+  DOMID_SELF: [DOMID_SELF, "DOMID_SELF"],
+  DOMID_IO: [DOMID_IO, "DOMID_IO"],
+  DOMID_XEN: [DOMID_XEN, "DOMID_XEN"],
+  DOMID_COW: [DOMID_COW, "DOMID_COW"],
+  DOMID_INVALID: [DOMID_INVALID, "DOMID_INVALID"],
+  DOMID_IDLE: [DOMID_IDLE, "DOMID_IDLE"],
+  NR_VIRQS: [NR_VIRQS, "NR_VIRQS"],
+  VCPU_SSHOTTMR_future: [VCPU_SSHOTTMR_future, "VCPU_SSHOTTMR_future"],
+  VGCF_online: [VGCF_online, "VGCF_online"],
+  VGCF_in_kernel: [VGCF_in_kernel, "VGCF_in_kernel"],
+  SIF_PRIVILEGED: [SIF_PRIVILEGED, "SIF_PRIVILEGED"],
+  SIF_INITDOMAIN: [SIF_INITDOMAIN, "SIF_INITDOMAIN"],
+  XENVER_version: [XENVER_version, "XENVER_version"],
+  // public/io/ring.h: "The PAGE_SIZE for ring protocols and hypercall interfaces is always 4K".
+  XEN_PAGE_SHIFT: [XEN_PAGE_SHIFT, "XEN_PAGE_SHIFT"],
+  XEN_PAGE_SIZE: [XEN_PAGE_SIZE, "(1 << XEN_PAGE_SHIFT)"],
+  // MAX_VIRT_CPUS was renamed XEN_LEGACY_MAX_VCPUS: the length of shared_info.vcpu_info[].
+  MAX_VIRT_CPUS: [MAX_VIRT_CPUS, "XEN_LEGACY_MAX_VCPUS"],
+};
+
+const CONSTANT_GROUPS: readonly CheckGroup[] = [
+  prefixed("HYPERVISOR", HYPERVISOR, "__HYPERVISOR_"),
+  {
+    // public/errno.h is an X-macro list; EINTR and ERESTART are in it only under __XEN__
+    // ("Internal only, should never be exposed to the guest").
+    suite: "constants (src/abi/xen.ts)",
+    title: "XEN_ERRNO",
+    checks: Object.entries(XEN_ERRNO).map(([k, v]) => ({
+      name: `XEN_ERRNO.${k}`,
+      ts: v,
+      unit: "xen",
+      expr: `XEN_${k} (public/errno.h)`,
+      key: `errno:${k}`,
+    })),
+  },
+  prefixed("EVTCHNOP", EVTCHNOP, "EVTCHNOP_"),
+  prefixed("EVTCHNSTAT", EVTCHNSTAT, "EVTCHNSTAT_"),
+  prefixed("SCHEDOP", SCHEDOP, "SCHEDOP_"),
+  prefixed("SHUTDOWN", SHUTDOWN, "SHUTDOWN_"),
+  prefixed("VCPUOP", VCPUOP, "VCPUOP_"),
+  prefixed("RUNSTATE", RUNSTATE, "RUNSTATE_"),
+  prefixed("VIRQ", VIRQ, "VIRQ_"),
+  prefixed("MMUEXT", MMUEXT, "MMUEXT_"),
+  prefixed("MMU", MMU, "MMU_"),
+  prefixed("UVMF", UVMF, "UVMF_"),
+  prefixed("CALLBACKTYPE", CALLBACKTYPE, "CALLBACKTYPE_"),
+  prefixed("CALLBACKOP", CALLBACKOP, "CALLBACKOP_"),
+  {
+    suite: "constants (src/abi/xen.ts)",
+    title: "EVTCHN_FIFO",
+    checks: Object.entries(EVTCHN_FIFO).map(([k, v]) =>
+      constant(`EVTCHN_FIFO.${k}`, v, FIFO_DERIVED[k] ?? `EVTCHN_FIFO_${k}`),
+    ),
+  },
+  {
+    suite: "constants (src/abi/xen.ts)",
+    title: "DOMID_*, NR_VIRQS, VGCF_*, SIF_*, page size and the other single constants",
+    checks: Object.entries(SCALAR_CONSTANTS).map(([k, [v, expr]]) => constant(k, v, expr)),
+  },
+];
+
+/** xen.ts exports checked elsewhere than in CONSTANT_GROUPS (or deliberately not at all). */
+const XEN_TS_OTHER_EXPORTS: readonly string[] = ["virqIsPerVcpu"];
+
+// --- struct layouts -------------------------------------------------------------------------
+
+/** A C member designator for offsetof, the same for both widths or per width. */
+type Designator = string | Readonly<Record<GuestWidth, string>>;
+
+interface StructSpec {
+  readonly cType: string;
+  /** foreign/x86_32.h and foreign/x86_64.h define `${cType}_x86_32` / `${cType}_x86_64`. */
+  readonly foreign: boolean;
+  /** TS field -> C member designator where it is not the TS field name ("size" is sizeof). */
+  readonly members?: Readonly<Record<string, Designator>>;
+}
+
+type LayoutStructKey = { [K in keyof Layout]: Layout[K] extends object ? K : never }[keyof Layout];
+type LayoutScalarKey = Exclude<keyof Layout, LayoutStructKey>;
+
+const LAYOUT_STRUCTS: Readonly<Record<LayoutStructKey, StructSpec>> = {
+  vcpu_info: { cType: "struct vcpu_info", foreign: true },
+  vcpu_time_info: { cType: "struct vcpu_time_info", foreign: true },
+  shared_info: {
+    cType: "struct shared_info",
+    foreign: true,
+    members: { arch_max_pfn: "arch.max_pfn", arch_pfn_to_mfn_frame_list_list: "arch.pfn_to_mfn_frame_list_list" },
+  },
+  start_info: {
+    cType: "struct start_info",
+    foreign: true,
+    members: { console_mfn: "console.domU.mfn", console_evtchn: "console.domU.evtchn" },
+  },
+  multicall_entry: { cType: "struct multicall_entry", foreign: false },
+  mmuext_op: { cType: "struct mmuext_op", foreign: false },
+  sched_poll: { cType: "struct sched_poll", foreign: false },
+  vcpu_set_singleshot_timer: { cType: "struct vcpu_set_singleshot_timer", foreign: false },
+  vcpu_runstate_info: { cType: "struct vcpu_runstate_info", foreign: false },
+  vcpu_guest_context: {
+    cType: "struct vcpu_guest_context",
+    foreign: true,
+    members: {
+      user_regs_ip: { 64: "user_regs.rip", 32: "user_regs.eip" },
+      user_regs_sp: { 64: "user_regs.rsp", 32: "user_regs.esp" },
+    },
+  },
+};
+
+/** Layout's scalar fields -> C expressions that must all equal the TS value. */
+const LAYOUT_SCALARS: Readonly<Record<LayoutScalarKey, readonly string[]>> = {
+  width: ["(8 * sizeof(xen_ulong_t))"],
+  ulong: ["sizeof(xen_ulong_t)", "sizeof(unsigned long)"],
+  // EVTCHN_2L_NR_CHANNELS is sizeof(xen_ulong_t) * sizeof(xen_ulong_t) * 64: one bit per port
+  // in a two-level bitmap of (bits per xen_ulong_t)^2.
+  nrEvtchn2L: ["EVTCHN_2L_NR_CHANNELS", "((sizeof(xen_ulong_t) * 8) * (sizeof(xen_ulong_t) * 8))"],
+  // Linux's direct-map base, not a Xen definition: nothing in Xen's headers to check it against.
+  PAGE_OFFSET: [],
+};
+
+interface Source {
+  readonly label: string;
+  readonly unit: Unit;
+  readonly typeSuffix: string;
+}
+
+/** xen.h as a guest of this width sees it. */
+function nativeSource(width: GuestWidth): Source {
+  return width === 64
+    ? { label: "xen.h, x86_64", unit: "guest", typeSuffix: "" }
+    : { label: "xen.h, i386 (gcc -m32)", unit: "i386", typeSuffix: "" };
+}
+
+function sourcesFor(width: GuestWidth, foreign: boolean): Source[] {
+  const native = nativeSource(width);
+  if (!foreign) return [native];
+  return [native, { label: `foreign/x86_${width}.h`, unit: "guest", typeSuffix: `_x86_${width}` }];
+}
+
+function designator(members: StructSpec["members"], field: string, width: GuestWidth): string {
+  const d = members?.[field];
+  if (d === undefined) return field;
+  return typeof d === "string" ? d : d[width];
+}
+
+function structChecks(
+  tsName: string,
+  ts: Readonly<Record<string, number>>,
+  spec: StructSpec,
+  width: GuestWidth,
+  source: Source,
+): FieldCheck[] {
+  const cType = `${spec.cType}${source.typeSuffix}`;
+  return Object.entries(ts).map(([field, value]) => ({
+    name: `${tsName}.${field}`,
+    ts: value,
+    unit: source.unit,
+    expr:
+      field === "size" ? `sizeof(${cType})` : `offsetof(${cType}, ${designator(spec.members, field, width)})`,
+  }));
+}
+
+const WIDTHS: readonly GuestWidth[] = [64, 32];
+
+function layoutGroups(): CheckGroup[] {
+  const groups: CheckGroup[] = [];
+  for (const width of WIDTHS) {
+    const layout = layoutFor(width);
+    const layoutName = width === 64 ? "LAYOUT_X86_64" : "LAYOUT_X86_32";
+    const suite = `${layoutName} (src/abi/layout.ts, ${width === 64 ? "x86_64" : "i386"} guest)`;
+    const native = nativeSource(width);
+    const scalars = Object.entries(LAYOUT_SCALARS).filter(([, exprs]) => exprs.length > 0);
+    groups.push({
+      suite,
+      title: `${scalars.map(([field]) => field).join(", ")} — ${native.label}`,
+      checks: scalars.flatMap(([field, exprs]) =>
+        exprs.map((expr) => ({
+          name: `${layoutName}.${field}`,
+          ts: layout[field as LayoutScalarKey],
+          unit: native.unit,
+          expr,
+        })),
+      ),
+    });
+    for (const [key, spec] of Object.entries(LAYOUT_STRUCTS)) {
+      const ts: Readonly<Record<string, number>> = layout[key as LayoutStructKey];
+      for (const source of sourcesFor(width, spec.foreign)) {
+        groups.push({
+          suite,
+          title: `${key} — ${source.label}`,
+          checks: structChecks(`${layoutName}.${key}`, ts, spec, width, source),
+        });
+      }
+    }
+  }
+  return groups;
+}
+
+interface FixedStruct {
+  readonly tsName: string;
+  readonly ts: Readonly<Record<string, number>>;
+  readonly spec: StructSpec;
+  /** The guest widths this TS layout claims to describe. */
+  readonly widths: readonly GuestWidth[];
+}
+
+const EVTCHN_STATUS_MEMBERS: Readonly<Record<string, string>> = {
+  unbound_dom: "u.unbound.dom",
+  interdomain_dom: "u.interdomain.dom",
+  interdomain_port: "u.interdomain.port",
+  pirq: "u.pirq",
+  virq: "u.virq",
+};
+
+const FIXED_STRUCTS: readonly FixedStruct[] = [
+  ...Object.entries(EVTCHN_OP).map(
+    ([name, ts]): FixedStruct => ({
+      tsName: `EVTCHN_OP.${name}`,
+      ts,
+      spec: {
+        cType: `struct evtchn_${name}`,
+        foreign: false,
+        ...(name === "status" ? { members: EVTCHN_STATUS_MEMBERS } : {}),
+      },
+      widths: WIDTHS,
+    }),
+  ),
+  {
+    tsName: "EVTCHN_OP_COMPAT",
+    ts: EVTCHN_OP_COMPAT,
+    spec: { cType: "struct evtchn_op", foreign: false },
+    widths: WIDTHS,
+  },
+  {
+    tsName: "EVTCHN_FIFO_CONTROL_BLOCK",
+    ts: EVTCHN_FIFO_CONTROL_BLOCK,
+    spec: { cType: "struct evtchn_fifo_control_block", foreign: false },
+    widths: WIDTHS,
+  },
+  {
+    tsName: "VCPU_SET_PERIODIC_TIMER",
+    ts: VCPU_SET_PERIODIC_TIMER,
+    spec: { cType: "struct vcpu_set_periodic_timer", foreign: false },
+    widths: WIDTHS,
+  },
+  {
+    tsName: "SCHED_SHUTDOWN",
+    ts: SCHED_SHUTDOWN,
+    spec: { cType: "struct sched_shutdown", foreign: false },
+    widths: WIDTHS,
+  },
+  {
+    tsName: "MMU_UPDATE",
+    ts: MMU_UPDATE,
+    spec: { cType: "struct mmu_update", foreign: false },
+    widths: WIDTHS,
+  },
+  // xen_callback_t is `unsigned long` on x86_64 but `struct { cs; eip; }` on i386.
+  {
+    tsName: "CALLBACK_REGISTER_64",
+    ts: CALLBACK_REGISTER_64,
+    spec: { cType: "struct callback_register", foreign: false },
+    widths: [64],
+  },
+  {
+    tsName: "CALLBACK_REGISTER_32",
+    ts: CALLBACK_REGISTER_32,
+    spec: { cType: "struct callback_register", foreign: false, members: { address_eip: "address.eip" } },
+    widths: [32],
+  },
+];
+
+function fixedGroups(): CheckGroup[] {
+  return FIXED_STRUCTS.flatMap((f) =>
+    f.widths.flatMap((width) =>
+      sourcesFor(width, f.spec.foreign).map((source) => ({
+        suite: "fixed layouts (src/abi/layout.ts)",
+        title: `${f.tsName} — ${source.label}`,
+        checks: structChecks(f.tsName, f.ts, f.spec, width, source),
+      })),
+    ),
+  );
+}
+
+/** layout.ts exports checked elsewhere than through LAYOUT_STRUCTS / FIXED_STRUCTS. */
+const LAYOUT_TS_OTHER_EXPORTS: readonly string[] = ["LAYOUT_X86_64", "LAYOUT_X86_32", "layoutFor", "EVTCHN_OP"];
+
+const GROUPS: readonly CheckGroup[] = [...CONSTANT_GROUPS, ...layoutGroups(), ...fixedGroups()];
+
+// ---------------------------------------------------------------------------------------------
+// The C programs
+
+const PRELUDE = `#define __XEN_INTERFACE_VERSION__ ${INTERFACE_VERSION}
+#include <stdint.h>
+#include <stddef.h>
+#include <xen/xen.h>
+#include <xen/event_channel.h>
+#include <xen/sched.h>
+#include <xen/vcpu.h>
+#include <xen/callback.h>
+#include <xen/version.h>
+#include <xen/io/ring.h> /* XEN_PAGE_SHIFT */
+`;
+
+function cString(s: string): string {
+  return JSON.stringify(s); // keys are printable ASCII: a JSON string is a valid C string literal
+}
+
+function putCalls(checks: readonly FieldCheck[]): string {
+  const seen = new Set<string>();
+  const lines: string[] = [];
+  for (const c of checks) {
+    const key = probeKey(c);
+    if (c.key !== undefined || seen.has(key)) continue;
+    seen.add(key);
+    const put = `  xensim_put(${cString(key)}, (long long)(${c.expr}));`;
+    lines.push(c.ifdef === undefined ? put : `#ifdef ${c.ifdef}\n${put}\n#endif`);
+  }
+  return lines.join("\n");
+}
+
+function nativeGuestSource(checks: readonly FieldCheck[]): string {
+  return `${PRELUDE}#include <stdio.h>
+#undef xen_wc_sec_hi
+#include <xen/foreign/x86_32.h>
+#undef xen_wc_sec_hi
+#include <xen/foreign/x86_64.h>
+
+static int first = 1;
+void xensim_put(const char *key, long long value) {
+  printf("%s\\n\\"%s\\": %lld", first ? "{" : ",", key, value);
+  first = 0;
+}
+void xensim_put_xen(void);
+
+int main(void) {
+${putCalls(checks)}
+  xensim_put_xen();
+  printf("\\n}\\n");
+  return 0;
+}
+`;
+}
+
+function nativeXenSource(checks: readonly FieldCheck[]): string {
+  // The public errno list with a key-stringifying X-macro; as the hypervisor is built.
+  return `#define __XEN__ 1
+#include <stdint.h>
+#include <stddef.h>
+#include <xen/xen.h>
+#include <xen/event_channel.h>
+#include <xen/sched.h>
+#include <xen/vcpu.h>
+#include <xen/callback.h>
+#include <xen/version.h>
+#include <xen/io/ring.h>
+
+void xensim_put(const char *key, long long value);
+
+void xensim_put_xen(void) {
+${putCalls(checks)}
+#define XEN_ERRNO(name, value) xensim_put("errno:" #name, value);
+#include <xen/errno.h>
+}
+`;
+}
+
+function i386Source(checks: readonly FieldCheck[]): { source: string; keys: string[] } {
+  const exprs = new Map(checks.map((c) => [probeKey(c), c.expr]));
+  const rows = [...exprs].map(([k, expr]) => `  (int)(${expr}), /* ${k.replaceAll("*/", "* /")} */`);
+  return { source: `${PRELUDE}\nconst int xensim_probe[] = {\n${rows.join("\n")}\n};\n`, keys: [...exprs.keys()] };
+}
+
+/** The `.long`/`.zero` data after the `xensim_probe:` label of gcc's assembly. */
+function parseProbeArray(asm: string): number[] {
+  const lines = asm.split("\n");
+  const start = lines.findIndex((l) => l.trim() === "xensim_probe:");
+  assert.notEqual(start, -1, "xensim_probe not found in gcc -m32 -S output");
+  const values: number[] = [];
+  for (const line of lines.slice(start + 1)) {
+    const m = /^\s*\.(long|zero)\s+(-?\d+)\s*$/.exec(line);
+    if (m === null) break;
+    const n = Number(m[2]);
+    if (m[1] === "long") values.push(n);
+    else values.push(...new Array<number>(n / 4).fill(0));
+  }
+  return values;
+}
+
+function gcc(args: readonly string[], cwd: string): string {
+  try {
+    return execFileSync("gcc", args, { cwd, encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] });
+  } catch (e) {
+    const stderr = typeof e === "object" && e !== null && "stderr" in e ? String(e.stderr) : "";
+    throw new Error(`gcc ${args.join(" ")} failed:\n${stderr || String(e)}`);
+  }
+}
+
+function isNumberRecord(v: unknown): v is Record<string, number> {
+  return typeof v === "object" && v !== null && Object.values(v).every((x) => typeof x === "number");
+}
+
+let workDir: string | undefined;
+let built: { readonly values: ReadonlyMap<string, number> } | { readonly error: Error } | undefined;
+
+/** Fails (never skips) when setup.sh has not been run. */
+function requireHeaders(): void {
+  if (!existsSync(join(HEADER_DIR, "xen.h"))) throw new Error(SETUP_HINT);
+}
+
+function buildOracle(): Map<string, number> {
+  requireHeaders();
+  if (process.arch !== "x64") throw new Error(`these probes need an x86_64 host gcc, not ${process.arch}`);
+  const all = GROUPS.flatMap((g) => g.checks);
+  workDir = mkdtempSync(join(tmpdir(), "xensim-abi-"));
+  const dir = workDir;
+  const common = ["-std=gnu11", "-O0", "-Wall", `-I${INCLUDE_DIR}`];
+
+  writeFileSync(join(dir, "guest.c"), nativeGuestSource(all.filter((c) => c.unit === "guest")));
+  writeFileSync(join(dir, "xen.c"), nativeXenSource(all.filter((c) => c.unit === "xen")));
+  gcc([...common, "-o", "probe64", "guest.c", "xen.c"], dir);
+  const out = execFileSync(join(dir, "probe64"), { encoding: "utf8" });
+  const parsed: unknown = JSON.parse(out);
+  assert.ok(isNumberRecord(parsed), `probe64 printed something other than a JSON object of numbers:\n${out}`);
+  const values = new Map(Object.entries(parsed));
+
+  const i386 = i386Source(all.filter((c) => c.unit === "i386"));
+  writeFileSync(join(dir, "i386.c"), i386.source);
+  gcc([...common, "-m32", "-ffreestanding", "-S", "-o", "i386.s", "i386.c"], dir);
+  const data = parseProbeArray(readFileSync(join(dir, "i386.s"), "utf8"));
+  assert.equal(data.length, i386.keys.length, "gcc -m32: probe array length differs from the number of probes");
+  for (const [i, k] of i386.keys.entries()) values.set(k, data[i]!);
+  return values;
+}
+
+/** The header-computed values, compiled once (lazily, by the first test that needs them). */
+function oracle(): ReadonlyMap<string, number> {
+  if (built === undefined) {
+    try {
+      built = { values: buildOracle() };
+    } catch (e) {
+      built = { error: e instanceof Error ? e : new Error(String(e)) };
+    }
+  }
+  if ("error" in built) throw built.error;
+  return built.values;
+}
+
+after(() => {
+  if (workDir !== undefined) rmSync(workDir, { recursive: true, force: true });
+});
+
+function assertGroup(group: CheckGroup): void {
+  const values = oracle();
+  const problems: string[] = [];
+  for (const c of group.checks) {
+    const header = values.get(probeKey(c));
+    if (header === undefined) problems.push(`${c.name}: ${c.expr} is not defined by the headers (TS has ${c.ts})`);
+    else if (header !== c.ts) problems.push(`${c.name}: TS has ${c.ts}, headers say ${header} (${c.expr})`);
+  }
+  assert.deepEqual(problems, [], `${group.title}:\n  ${problems.join("\n  ")}`);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The tests
+
+test("Xen 4.17 public headers are installed", () => {
+  assert.ok(existsSync(join(HEADER_DIR, "xen.h")), SETUP_HINT);
+  for (const h of ["foreign/x86_32.h", "foreign/x86_64.h", "errno.h", "event_channel.h", "vcpu.h"]) {
+    assert.ok(existsSync(join(HEADER_DIR, h)), `${h} missing from ${HEADER_DIR}. ${SETUP_HINT}`);
+  }
+  const changelog = join(XEN_ROOT, "usr", "share", "doc", "libxen-dev", "changelog.Debian.gz");
+  assert.ok(existsSync(changelog), `${changelog} missing. ${SETUP_HINT}`);
+  const first = gunzipSync(readFileSync(changelog)).toString("utf8").split("\n")[0] ?? "";
+  assert.match(first, /^xen \(4\.17\./, `libxen-dev is not Xen 4.17: ${first}`);
+});
+
+const suites = new Map<string, CheckGroup[]>();
+for (const g of GROUPS) suites.set(g.suite, [...(suites.get(g.suite) ?? []), g]);
+for (const [suite, groups] of suites) {
+  describe(suite, () => {
+    for (const g of groups) test(g.title, () => assertGroup(g));
+  });
+}
+
+describe("derived facts", () => {
+  test("virqIsPerVcpu matches the V./G. annotations of xen.h's VIRQ list", () => {
+    requireHeaders();
+    const text = readFileSync(join(HEADER_DIR, "xen.h"), "utf8");
+    const annotated = [...text.matchAll(/^#define VIRQ_(\w+)\s+(\d+)\s*\/\*\s*([VG])\./gm)];
+    assert.ok(annotated.length >= 10, "could not parse the VIRQ list of xen.h");
+    for (const [, name, num, kind] of annotated) {
+      assert.equal(virqIsPerVcpu(Number(num)), kind === "V", `virqIsPerVcpu(VIRQ_${name} = ${num})`);
+    }
+  });
+
+  test("shared_info.vcpu_info[] has MAX_VIRT_CPUS entries of vcpu_info", () => {
+    for (const l of [LAYOUT_X86_64, LAYOUT_X86_32]) {
+      assert.equal(l.shared_info.evtchn_pending - l.shared_info.vcpu_info, MAX_VIRT_CPUS * l.vcpu_info.size);
+    }
+  });
+
+  test("layoutFor picks the layout of each width", () => {
+    assert.equal(layoutFor(64), LAYOUT_X86_64);
+    assert.equal(layoutFor(32), LAYOUT_X86_32);
+    for (const w of WIDTHS) assert.equal(layoutFor(w).width, w);
+  });
+});
+
+describe("coverage", () => {
+  test("every runtime export of src/abi/xen.ts is checked", () => {
+    // The titles of the grouped constants are the names of their `as const` objects.
+    const covered = new Set([
+      ...CONSTANT_GROUPS.map((g) => g.title),
+      ...Object.keys(SCALAR_CONSTANTS),
+      ...XEN_TS_OTHER_EXPORTS,
+    ]);
+    const unchecked = Object.keys(xenAbi).filter((name) => !covered.has(name));
+    assert.deepEqual(unchecked, [], "exports of xen.ts with no header check");
+  });
+
+  test("every runtime export of src/abi/layout.ts is checked", () => {
+    const covered = new Set([...FIXED_STRUCTS.map((f) => f.tsName), ...LAYOUT_TS_OTHER_EXPORTS]);
+    const unchecked = Object.keys(layoutAbi).filter((name) => !covered.has(name));
+    assert.deepEqual(unchecked, [], "exports of layout.ts with no header check");
+  });
+});
