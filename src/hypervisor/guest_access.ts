@@ -43,9 +43,9 @@ export class GuestAccess {
     return v.width === 64 ? this.u64(v, va) : this.u32(v, va);
   }
 
-  /** A signed `long` of the guest's width (pointers on x86_64 are sign-extended). */
-  slong(v: Vcpu, va: number): number {
-    if (v.width === 32) return this.u32(v, va) | 0;
+  /** A guest pointer: on x86_64 sign-extended (canonical, exact as a number), on i386 unsigned. */
+  pointer(v: Vcpu, va: number): number {
+    if (v.width === 32) return this.u32(v, va);
     const lo = this.u32(v, va);
     const hi = this.u32(v, va + 4) | 0;
     return hi * 0x100000000 + lo;

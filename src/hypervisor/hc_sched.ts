@@ -54,7 +54,7 @@ export function doSchedOp(hv: Hypervisor, v: Vcpu, cmd: number, arg: number): nu
 function doPoll(hv: Hypervisor, v: Vcpu, arg: number): number {
   const g = hv.guest;
   const L = v.domain.layout.sched_poll;
-  const ports = v.width === 64 ? g.slong(v, arg + L.ports) : g.u32(v, arg + L.ports);
+  const ports = v.width === 64 ? g.pointer(v, arg + L.ports) : g.u32(v, arg + L.ports);
   const nrPorts = g.u32(v, arg + L.nr_ports);
   const timeout = g.u64(v, arg + L.timeout);
   // The caller must have events masked, or set_pending could race with the sleep.
@@ -96,10 +96,10 @@ export function doVcpuOp(hv: Hypervisor, v: Vcpu, cmd: number, vcpuId: number, a
       const C = d.layout.vcpu_guest_context;
       g.check(v, arg, C.size, false);
       const flags = g.ulong(v, arg + C.flags);
-      target.startAddress = g.slong(v, arg + C.user_regs_ip);
-      target.startArg = g.slong(v, arg + C.user_regs_sp);
-      target.eventCallback = g.slong(v, arg + C.event_callback_eip);
-      target.failsafeCallback = g.slong(v, arg + C.failsafe_callback_eip);
+      target.startAddress = g.pointer(v, arg + C.user_regs_ip);
+      target.startArg = g.pointer(v, arg + C.user_regs_sp);
+      target.eventCallback = g.pointer(v, arg + C.event_callback_eip);
+      target.failsafeCallback = g.pointer(v, arg + C.failsafe_callback_eip);
       target.initialised = true;
       target.started = false;
       if (flags & VGCF_online) bringUp(hv, target);

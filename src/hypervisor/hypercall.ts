@@ -79,7 +79,7 @@ function callbackOp(hv: Hypervisor, v: Vcpu, cmd: number, arg: number): number {
   if (cmd !== CALLBACKOP.register && cmd !== CALLBACKOP.unregister) return -E.ENOSYS;
   const type = g.u16(v, arg + CALLBACK_REGISTER_64.type);
   const address =
-    cmd === CALLBACKOP.unregister ? 0 : v.width === 64 ? g.slong(v, arg + CALLBACK_REGISTER_64.address) : g.u32(v, arg + 8);
+    cmd === CALLBACKOP.unregister ? 0 : v.width === 64 ? g.pointer(v, arg + CALLBACK_REGISTER_64.address) : g.u32(v, arg + 8);
   switch (type) {
     case CALLBACKTYPE.event:
       if (cmd === CALLBACKOP.unregister) return -E.EINVAL;

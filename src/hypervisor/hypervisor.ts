@@ -3,9 +3,9 @@
 
 import type { GuestImage } from "../abi/cpu.ts";
 import { PageFault } from "../abi/cpu.ts";
-import { DOMID_XEN, RUNSTATE, VIRQ, XEN_PAGE_SIZE } from "../abi/xen.ts";
+import { RUNSTATE, VIRQ } from "../abi/xen.ts";
 import { Domain, type DomainConfig } from "./domain.ts";
-import { ECS, type EvtchnHost, evtchnClose, sendGuestVirq } from "./evtchn.ts";
+import { ECS, type EvtchnHost, evtchnAllocUnbound, evtchnClose, sendGuestVirq } from "./evtchn.ts";
 import { GuestAccess } from "./guest_access.ts";
 import { dispatchHypercall } from "./hypercall.ts";
 import { MachineMemory } from "./memory.ts";
@@ -19,6 +19,8 @@ export class XenBug extends Error {}
 export interface HypervisorParams {
   /** Machine memory in 4 KiB frames. */
   nrFrames: number;
+  /** The first domid handed out (1 when the toolstack runs outside the machine, without a dom0). */
+  firstDomid: number;
   sched: Partial<SchedParams>;
   /** Virtual ns a hypercall costs, beyond the work it does. */
   hypercallNs: number;
@@ -47,6 +49,7 @@ export class Hypervisor implements VcpuHost, SchedHost, EvtchnHost {
     this.memory = new MachineMemory(params.nrFrames ?? 1 << 20);
     this.guest = new GuestAccess(this.memory);
     this.hypercallNs = params.hypercallNs ?? 50;
+    this.nextDomid = params.firstDomid ?? 0;
     this.sched = new Scheduler({ ...DEFAULT_SCHED, ...params.sched }, this);
   }
 
@@ -264,13 +267,15 @@ export class Hypervisor implements VcpuHost, SchedHost, EvtchnHost {
     return steps;
   }
 
-  /** Byte address of guest frame `mfn` if `d` may map it (it owns it). */
+  /** xc_evtchn_alloc_unbound: a port in `d` that `remoteDomid` may bind to. */
+  allocUnboundFor(d: Domain, remoteDomid: number): number {
+    return evtchnAllocUnbound(this, d, d.domid, remoteDomid);
+  }
+
+  /** Whether `d` owns machine frame `mfn` (and so may map it). */
   frameOwnedBy(d: Domain, mfn: number): boolean {
     return this.memory.isValid(mfn) && this.memory.owner[mfn] === d.domid;
   }
-
-  static readonly PAGE = XEN_PAGE_SIZE;
-  static readonly DOMID_XEN = DOMID_XEN;
 }
 
 function writeU64(dv: DataView, off: number, value: number): void {

@@ -133,7 +133,7 @@ export class Scheduler {
     let best: Pcpu | null = null;
     const waiting = this.runq.length > 0;
     for (const p of this.pcpus) {
-      const busy = p.current !== null && p.current.runnable;
+      const busy = p.current?.runnable === true;
       if (!busy && !waiting) continue;
       if (best === null || p.clock < best.clock || (p.clock === best.clock && this.rng.chance(0.5))) best = p;
     }

@@ -1,0 +1,154 @@
+// The guest's FIFO backend (Linux events_fifo.c): a control block per CPU, event array pages
+// added on demand with EVTCHNOP_expand_array, and queue consumption by priority.
+
+import type { GuestCpu } from "../abi/cpu.ts";
+import { EVTCHN_FIFO as F } from "../abi/xen.ts";
+import type { EvtchnBackend, EvtchnLoopCtrl } from "./evtchn_backend.ts";
+import type { Hypercalls } from "./hypercalls.ts";
+
+const PENDING = 1 << F.PENDING;
+const MASKED = 1 << F.MASKED;
+const LINKED = 1 << F.LINKED;
+const LINK_MASK = F.LINK_MASK;
+
+/** The guest pages the backend needs: allocated, zeroed and mapped, with their gfn (mfn). */
+export interface PageSource {
+  allocZeroedPage(cpu: GuestCpu): { words: Uint32Array; gfn: number } | undefined;
+}
+
+export class EventsFifo implements EvtchnBackend {
+  readonly name = "FIFO" as const;
+  private readonly pages: Uint32Array[] = [];
+  private readonly controlBlocks: (Uint32Array | undefined)[];
+  /** Per-CPU local copies of the queue heads (Linux's cpu_queue). */
+  private readonly heads: Uint32Array[];
+
+  constructor(
+    nrCpus: number,
+    private readonly hc: Hypercalls,
+    private readonly pagesFrom: PageSource,
+  ) {
+    this.controlBlocks = new Array(nrCpus);
+    this.heads = Array.from({ length: nrCpus }, () => new Uint32Array(F.MAX_QUEUES));
+  }
+
+  maxChannels(): number {
+    return F.NR_CHANNELS;
+  }
+
+  /** init_control for one CPU. The first call switches the domain to FIFO (or fails: use 2L). */
+  initCpu(cpu: GuestCpu, forCpu = cpu.vcpuId): number {
+    const page = this.pagesFrom.allocZeroedPage(cpu);
+    if (!page) return -12;
+    const rc = this.hc.initControl(cpu, page.gfn, 0, forCpu);
+    if (rc < 0) return rc;
+    this.controlBlocks[forCpu] = page.words;
+    return 0;
+  }
+
+  setup(cpu: GuestCpu, port: number): number {
+    while (port >= this.pages.length * F.EVENT_WORDS_PER_PAGE) {
+      const page = this.pagesFrom.allocZeroedPage(cpu);
+      if (!page) return -12;
+      // Mask every event in the new page before Xen can see it.
+      page.words.fill(MASKED);
+      const rc = this.hc.expandArray(cpu, page.gfn);
+      if (rc < 0) return rc;
+      this.pages.push(page.words);
+    }
+    return 0;
+  }
+
+  bindToCpu(): void {
+    // FIFO queues belong to the vCPU Xen notifies; there is no guest-side routing.
+  }
+
+  private word(port: number): { page: Uint32Array; i: number } | undefined {
+    const page = this.pages[port >>> 10];
+    return page ? { page, i: port & 1023 } : undefined;
+  }
+
+  clearPending(port: number): void {
+    const page = this.pages[port >>> 10];
+    if (page) page[port & 1023]! &= ~PENDING;
+  }
+
+  setPending(port: number): void {
+    const page = this.pages[port >>> 10];
+    if (page) page[port & 1023]! |= PENDING;
+  }
+
+  isPending(port: number): boolean {
+    const page = this.pages[port >>> 10];
+    return page ? (page[port & 1023]! & PENDING) !== 0 : false;
+  }
+
+  isMasked(port: number): boolean {
+    const page = this.pages[port >>> 10];
+    return page ? (page[port & 1023]! & MASKED) !== 0 : true;
+  }
+
+  testAndSetMask(port: number): boolean {
+    const w = this.word(port);
+    if (!w) return true;
+    const was = (w.page[w.i]! & MASKED) !== 0;
+    w.page[w.i]! |= MASKED;
+    return was;
+  }
+
+  mask(port: number): void {
+    const page = this.pages[port >>> 10];
+    if (page) page[port & 1023]! |= MASKED;
+  }
+
+  /** Clears MASKED locally unless the event is pending: then Xen must link it (clear_masked_cond). */
+  unmask(cpu: GuestCpu, port: number): void {
+    const page = this.pages[port >>> 10];
+    if (!page) return;
+    const i = port & 1023;
+    const w = page[i]!;
+    if (!(w & MASKED)) return;
+    if (w & PENDING) {
+      this.hc.evtchnUnmask(cpu, port);
+      return;
+    }
+    page[i] = w & ~MASKED;
+  }
+
+  handleEvents(cpu: GuestCpu, _ctrl: EvtchnLoopCtrl, handle: (port: number) => void): void {
+    const cb = this.controlBlocks[cpu.vcpuId];
+    if (!cb) return;
+    let ready = cb[0]!;
+    cb[0] = 0;
+    while (ready !== 0) {
+      const q = 31 - Math.clz32(ready & -ready);
+      ready = this.consumeOne(cpu.vcpuId, cb, q, ready, handle);
+      ready |= cb[0]!;
+      cb[0] = 0;
+    }
+  }
+
+  /** consume_one_event: takes the head of queue `q`; returns `ready` with q cleared if it emptied. */
+  private consumeOne(c: number, cb: Uint32Array, q: number, ready: number, handle: (port: number) => void): number {
+    const local = this.heads[c]!;
+    let head = local[q]!;
+    // Reached the tail last time? Then Xen may have started a new list at HEAD.
+    if (head === 0) head = cb[2 + q]!;
+    const port = head;
+    const page = this.pages[port >>> 10];
+    if (!page || port === 0) {
+      local[q] = 0;
+      return ready & ~(1 << q);
+    }
+    const i = port & 1023;
+    // clear_linked: take LINKED and the link in one go.
+    const w = page[i]!;
+    page[i] = w & ~(LINKED | LINK_MASK);
+    head = w & LINK_MASK;
+    if (head === 0) ready &= ~(1 << q);
+    const now = page[i]!;
+    if (now & PENDING && !(now & MASKED)) handle(port);
+    local[q] = head;
+    return ready;
+  }
+}

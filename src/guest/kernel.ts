@@ -1,0 +1,323 @@
+// The PV guest kernel: what Linux's Xen port does at boot (startup_xen, shared_info mapping,
+// callbacks, the event-channel ABI choice, per-CPU timer and IPI bindings, secondary vCPU
+// bring-up), the upcall, the timer tick and the idle loop. It sees only GuestCpu.
+
+import { type GuestCpu, type GuestImage } from "../abi/cpu.ts";
+import { type GuestWidth, type Layout, layoutFor } from "../abi/layout.ts";
+import { CALLBACKTYPE, HYPERVISOR, UVMF, VCPUOP, VGCF_in_kernel, VGCF_online, VIRQ, XEN_PAGE_SIZE } from "../abi/xen.ts";
+import type { EvtchnBackend } from "./evtchn_backend.ts";
+import { Events2L } from "./events_2l.ts";
+import { EventsFifo, type PageSource } from "./events_fifo.ts";
+import { XEN_IPI, XenEvents } from "./events.ts";
+import { Hypercalls, type Scratch } from "./hypercalls.ts";
+import { pvclockRead } from "./pvclock.ts";
+import { SmpCalls } from "./smp.ts";
+
+/** Kernel text addresses, relative to PAGE_OFFSET (the image is loaded at pfn 0). */
+const SYM = { startup_xen: 0x1000, xen_hypervisor_callback: 0x1100, xen_failsafe_callback: 0x1200, cpu_bringup_and_idle: 0x1300 };
+/** The fixmap slot Linux maps shared_info at, as an offset below the top of the address space. */
+const FIX_SHARED_INFO = { 64: -0xa00000, 32: 0xf5000000 } as const;
+export const HZ = 250;
+export const TICK_NS = 1_000_000_000 / HZ;
+
+/** A workload the kernel runs: plain-data state, steps on CPUs, handlers by name. */
+export interface Workload {
+  readonly name: string;
+  /** Called on CPU 0 once SMP is up. */
+  start(k: XenLinux, cpu: GuestCpu): void;
+  /** One unit of work on `cpu`; false if there was none. */
+  step(k: XenLinux, cpu: GuestCpu): boolean;
+}
+
+export type WorkloadFactory = (k: XenLinux) => Workload[];
+
+export interface PerCpu {
+  online: boolean;
+  scratchVa: number;
+  ticks: number;
+  nextTick: number;
+}
+
+export class XenLinux implements GuestImage, Scratch, PageSource {
+  readonly entry: number;
+  readonly layout: Layout;
+  readonly base: number;
+  readonly hc: Hypercalls;
+  /** Parsed kernel command line. */
+  readonly options = new Map<string, string>();
+  percpu: PerCpu[] = [];
+  events!: XenEvents;
+  smp!: SmpCalls;
+  workloads: Workload[] = [];
+  /** printk ring (dmesg). */
+  readonly log: string[] = [];
+  nrPages = 0;
+  booted = false;
+  private si!: DataView;
+  private siBytes!: Uint8Array;
+  private mfnListVa = 0;
+  private nextFreePfn = 0;
+  private readonly freePfns: number[] = [];
+
+  constructor(
+    readonly width: GuestWidth,
+    private readonly makeWorkloads: WorkloadFactory = () => [],
+  ) {
+    this.layout = layoutFor(width);
+    this.base = this.layout.PAGE_OFFSET;
+    this.entry = this.base + SYM.startup_xen;
+    this.hc = new Hypercalls(this);
+  }
+
+  get nrCpus(): number {
+    return this.percpu.length;
+  }
+
+  option(key: string, fallback: string): string {
+    return this.options.get(key) ?? fallback;
+  }
+
+  printk(cpu: GuestCpu, text: string): void {
+    this.log.push(`[${(this.now(cpu) / 1e9).toFixed(6)}] ${text}`);
+  }
+
+  // ---- GuestImage ----
+
+  enter(address: number, cpu: GuestCpu, arg: number): void {
+    switch (address - this.base) {
+      case SYM.startup_xen:
+        this.startupXen(cpu, arg);
+        return;
+      case SYM.xen_hypervisor_callback:
+        this.events.doUpcall(cpu, this.siBytes, cpu.vcpuId * this.layout.vcpu_info.size);
+        return;
+      case SYM.xen_failsafe_callback:
+        throw new Error("failsafe callback: Xen could not deliver an event");
+      case SYM.cpu_bringup_and_idle:
+        this.cpuBringup(cpu);
+        return;
+      default:
+        throw new Error(`jump to unknown kernel address ${address}`);
+    }
+  }
+
+  resume(cpu: GuestCpu): void {
+    const pc = this.percpu[cpu.vcpuId];
+    if (!pc?.online) return;
+    this.events.runEoiWorker(cpu);
+    for (const w of this.workloads) if (w.step(this, cpu)) return;
+    // Nothing to do: xen_safe_halt.
+    this.hc.block(cpu);
+  }
+
+  // ---- memory ----
+
+  va(pfn: number): number {
+    return this.base + pfn * XEN_PAGE_SIZE;
+  }
+
+  pfnToMfn(cpu: GuestCpu, pfn: number): number {
+    const ul = this.layout.ulong;
+    return ul === 8 ? cpu.read64(this.mfnListVa + pfn * 8) : cpu.read32(this.mfnListVa + pfn * 4);
+  }
+
+  allocPfn(): number | undefined {
+    if (this.freePfns.length > 0) return this.freePfns.pop();
+    if (this.nextFreePfn >= this.nrPages) return undefined;
+    return this.nextFreePfn++;
+  }
+
+  freePfn(pfn: number): void {
+    this.freePfns.push(pfn);
+  }
+
+  allocZeroedPage(cpu: GuestCpu): { words: Uint32Array; gfn: number } | undefined {
+    const pfn = this.allocPfn();
+    if (pfn === undefined) return undefined;
+    const words = cpu.pageWords(this.va(pfn));
+    words.fill(0);
+    return { words, gfn: this.pfnToMfn(cpu, pfn) };
+  }
+
+  scratchVa(cpu: GuestCpu): number {
+    return this.percpu[cpu.vcpuId]!.scratchVa;
+  }
+
+  // ---- time ----
+
+  now(cpu: GuestCpu): number {
+    return pvclockRead(cpu, this.si, this.layout);
+  }
+
+  // ---- interrupts on/off (the PV "IF" in vcpu_info) ----
+
+  irqDisable(cpu: GuestCpu): boolean {
+    const off = cpu.vcpuId * this.layout.vcpu_info.size + 1;
+    const was = this.siBytes[off] !== 0;
+    this.siBytes[off] = 1;
+    return was;
+  }
+
+  /** local_irq_restore: re-enabling checks for events that arrived meanwhile. */
+  irqRestore(cpu: GuestCpu, wasMasked: boolean): void {
+    if (wasMasked) return;
+    const off = cpu.vcpuId * this.layout.vcpu_info.size;
+    this.siBytes[off + 1] = 0;
+    if (this.siBytes[off] !== 0) this.hc.forceEvtchnCallback(cpu);
+  }
+
+  // ---- boot ----
+
+  private startupXen(cpu: GuestCpu, startInfoVa: number): void {
+    const S = this.layout.start_info;
+    const ul = (off: number) => (this.layout.ulong === 8 ? cpu.read64(startInfoVa + off) : cpu.read32(startInfoVa + off));
+    this.nrPages = ul(S.nr_pages);
+    const sharedInfoMa = ul(S.shared_info);
+    this.mfnListVa = this.readPointer(cpu, startInfoVa + S.mfn_list);
+    const ptBase = this.readPointer(cpu, startInfoVa + S.pt_base);
+    this.nextFreePfn = (ptBase - this.base) / XEN_PAGE_SIZE + ul(S.nr_pt_frames);
+    this.parseCmdline(cpu, startInfoVa + S.cmd_line);
+
+    // A temporary scratch area on the first free page, until the per-CPU ones exist.
+    this.percpu = [{ online: true, scratchVa: this.va(this.allocPfn()!), ticks: 0, nextTick: 0 }];
+    const fix = FIX_SHARED_INFO[this.width];
+    const rc = cpu.hypercall(HYPERVISOR.update_va_mapping, ...this.pteArgs(fix, sharedInfoMa + 3, UVMF.INVLPG));
+    if (rc < 0) throw new Error(`cannot map shared_info: ${rc}`);
+    const words = cpu.pageWords(fix);
+    this.si = new DataView(words.buffer);
+    this.siBytes = new Uint8Array(words.buffer);
+
+    // Possible CPUs: every vCPU Xen admits to (VCPUOP_is_up fails with -ENOENT past the last).
+    let nr = 1;
+    while (nr < 32 && cpu.hypercall(HYPERVISOR.vcpu_op, VCPUOP.is_up, nr, 0) >= 0) nr++;
+    for (let c = 1; c < nr; c++) this.percpu.push({ online: false, scratchVa: 0, ticks: 0, nextTick: 0 });
+    for (const pc of this.percpu) {
+      const first = this.allocPfn()!;
+      this.allocPfn(); // a second page: vcpu_guest_context is larger than one on x86_64
+      pc.scratchVa = this.va(first);
+    }
+
+    this.hc.registerCallback(cpu, CALLBACKTYPE.event, this.base + SYM.xen_hypervisor_callback);
+    this.hc.registerCallback(cpu, CALLBACKTYPE.failsafe, this.base + SYM.xen_failsafe_callback);
+    this.initEvents(cpu);
+    this.printk(cpu, `Xen: using ${this.events.backend.name} event channel ABI, ${nr} vCPUs`);
+
+    for (let c = 0; c < nr; c++) this.bindCpuIrqs(cpu, c);
+    this.setupTimer(cpu);
+    for (let c = 1; c < nr; c++) this.cpuUp(cpu, c);
+    this.workloads = this.makeWorkloads(this);
+    for (const w of this.workloads) w.start(this, cpu);
+    this.booted = true;
+    this.irqRestore(cpu, false);
+  }
+
+  /** A kernel pointer: on x86_64 a sign-extended canonical address, kept exact as a number. */
+  readPointer(cpu: GuestCpu, va: number): number {
+    if (this.layout.ulong === 4) return cpu.read32(va);
+    return cpu.read32(va) + (cpu.read32(va + 4) | 0) * 0x100000000;
+  }
+
+  private pteArgs(va: number, pte: number, flags: number): [number, number, number, number] {
+    return this.width === 64 ? [va, pte, flags, 0] : [va, pte >>> 0, Math.floor(pte / 2 ** 32), flags];
+  }
+
+  private parseCmdline(cpu: GuestCpu, va: number): void {
+    let text = "";
+    for (let i = 0; i < 1024; i++) {
+      const ch = cpu.read8(va + i);
+      if (ch === 0) break;
+      text += String.fromCharCode(ch);
+    }
+    for (const tok of text.split(/\s+/)) {
+      if (!tok) continue;
+      const eq = tok.indexOf("=");
+      if (eq < 0) this.options.set(tok, "1");
+      else this.options.set(tok.slice(0, eq), tok.slice(eq + 1));
+    }
+  }
+
+  private initEvents(cpu: GuestCpu): void {
+    let backend: EvtchnBackend | undefined;
+    if (this.option("xen.fifo_events", "1") !== "0") {
+      const fifo = new EventsFifo(this.nrCpus, this.hc, this);
+      // Falls back to 2-level if Xen refuses (as Linux does on -ENOSYS).
+      if (fifo.initCpu(cpu, 0) === 0) backend = fifo;
+    }
+    if (!backend) {
+      const l2 = new Events2L(new Uint32Array(this.si.buffer), this.layout, this.nrCpus, this.hc, (c) => this.events.timerPort(c));
+      for (let port = 0; port < l2.maxChannels(); port++) l2.mask(port);
+      backend = l2;
+    }
+    this.events = new XenEvents(backend, this.hc, { nrCpus: this.nrCpus, jiffyNs: TICK_NS, now: (c) => this.now(c) });
+    this.smp = new SmpCalls(this.nrCpus, this.events);
+    const ev = this.events;
+    ev.registerHandler("timer_interrupt", (c) => this.timerInterrupt(c));
+    ev.registerHandler("call_function_single", (c) => this.smp.runQueue(c));
+    ev.registerHandler("call_function", (c) => this.smp.runQueue(c));
+    ev.registerHandler("reschedule", () => {});
+    ev.registerHandler("irq_work", () => {});
+    ev.registerHandler("spin_unlock", () => {});
+  }
+
+  /** xen_smp_intr_init + the timer VIRQ: every per-CPU binding, done from the boot CPU. */
+  private bindCpuIrqs(cpu: GuestCpu, c: number): void {
+    const ev = this.events;
+    const need = (irq: number, what: string) => {
+      if (irq < 0) throw new Error(`cannot bind ${what} for CPU ${c}: ${irq}`);
+    };
+    if (c !== 0 && ev.backend.name === "FIFO") need((ev.backend as EventsFifo).initCpu(cpu, c), "FIFO control block");
+    need(ev.bindVirqToIrqhandler(cpu, VIRQ.TIMER, c, "timer_interrupt", c), "timer");
+    need(ev.bindIpiToIrqhandler(cpu, XEN_IPI.RESCHEDULE, c, "reschedule", c), "resched IPI");
+    need(ev.bindIpiToIrqhandler(cpu, XEN_IPI.CALL_FUNCTION, c, "call_function", c), "callfunc IPI");
+    need(ev.bindIpiToIrqhandler(cpu, XEN_IPI.CALL_FUNCTION_SINGLE, c, "call_function_single", c), "callfuncsingle IPI");
+    need(ev.bindIpiToIrqhandler(cpu, XEN_IPI.SPIN_UNLOCK, c, "spin_unlock", c), "spinlock IPI");
+    need(ev.bindIpiToIrqhandler(cpu, XEN_IPI.IRQ_WORK, c, "irq_work", c), "irqwork IPI");
+  }
+
+  /** cpu_initialize_context + VCPUOP_up. */
+  private cpuUp(cpu: GuestCpu, c: number): void {
+    const C = this.layout.vcpu_guest_context;
+    const ctx = this.scratchVa(cpu);
+    for (let off = 0; off < C.size; off += 4) cpu.write32(ctx + off, 0);
+    const put = (off: number, v: number) => (this.layout.ulong === 8 ? cpu.write64(ctx + off, v) : cpu.write32(ctx + off, v));
+    put(C.flags, VGCF_in_kernel | VGCF_online);
+    put(C.user_regs_ip, this.base + SYM.cpu_bringup_and_idle);
+    put(C.user_regs_sp, this.percpu[c]!.scratchVa + 2 * XEN_PAGE_SIZE);
+    put(C.kernel_sp, this.percpu[c]!.scratchVa + 2 * XEN_PAGE_SIZE);
+    put(C.event_callback_eip, this.base + SYM.xen_hypervisor_callback);
+    put(C.failsafe_callback_eip, this.base + SYM.xen_failsafe_callback);
+    const rc = this.hc.vcpuOp(cpu, VCPUOP.initialise, c, ctx);
+    if (rc < 0) throw new Error(`VCPUOP_initialise(${c}) failed: ${rc}`);
+    const up = this.hc.vcpuOp(cpu, VCPUOP.up, c);
+    if (up < 0) throw new Error(`VCPUOP_up(${c}) failed: ${up}`);
+  }
+
+  private cpuBringup(cpu: GuestCpu): void {
+    this.setupTimer(cpu);
+    this.percpu[cpu.vcpuId]!.online = true;
+    this.printk(cpu, `CPU${cpu.vcpuId} up`);
+    this.irqRestore(cpu, false);
+  }
+
+  /** Linux's Xen clockevent: the periodic timer off, a one-shot per tick. */
+  private setupTimer(cpu: GuestCpu): void {
+    this.hc.vcpuOp(cpu, VCPUOP.stop_periodic_timer, cpu.vcpuId);
+    const pc = this.percpu[cpu.vcpuId]!;
+    pc.nextTick = this.now(cpu) + TICK_NS;
+    this.hc.setSingleshotTimer(cpu, pc.nextTick);
+  }
+
+  private timerInterrupt(cpu: GuestCpu): void {
+    const pc = this.percpu[cpu.vcpuId]!;
+    pc.ticks++;
+    const now = this.now(cpu);
+    while (pc.nextTick <= now) pc.nextTick += TICK_NS;
+    this.hc.setSingleshotTimer(cpu, pc.nextTick);
+  }
+
+  /** Online CPUs as a mask array (for IPI fan-out). */
+  onlineCpus(): boolean[] {
+    return this.percpu.map((pc) => pc.online);
+  }
+}
+

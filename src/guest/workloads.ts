@@ -1,0 +1,201 @@
+// Workloads the scenarios name. Each keeps plain-data state and counts what it sees, so the
+// checks after a run (no lost wakeups, fairness) can compare senders with receivers.
+//
+//   ipi_pingpong=N      CPU pairs (0,1), (2,3)... bounce an smp_call_function_single N times
+//   evtchn_listen=P     bind local port P (allocated unbound by the toolstack) and echo back
+//   evtchn_connect=D:P  bind_interdomain to domain D port P and start the ping-pong
+//   pingpong_rounds=N   stop echoing after N events received (0: forever)
+//   fanin_listen=B:K    K ports from B (allocated by the toolstack): count events per port
+//   fanin_connect=D:B:K bind to domain D's ports B..B+K-1 and send on them round robin
+//   fanin_flood=1       send on the first port every step, on the others once per tick
+
+import type { GuestCpu } from "../abi/cpu.ts";
+import { TICK_NS, type Workload, type XenLinux } from "./kernel.ts";
+
+/** Per-port event accounting shared by the workloads. */
+export interface PortStats {
+  sends: number;
+  lastSendAt: number;
+  handled: number;
+  lastHandledAt: number;
+  /** The longest wait between a send becoming due and its handler running (fairness). */
+  maxLatency: number;
+}
+
+function newStats(): PortStats {
+  return { sends: 0, lastSendAt: -1, handled: 0, lastHandledAt: -1, maxLatency: 0 };
+}
+
+export class IpiPingPong implements Workload {
+  readonly name = "ipi_pingpong";
+  readonly received: number[];
+  private kick: boolean[];
+
+  constructor(
+    k: XenLinux,
+    readonly rounds: number,
+  ) {
+    this.received = new Array(k.nrCpus).fill(0);
+    this.kick = new Array(k.nrCpus).fill(false);
+    k.smp.register("ipi_pingpong", (cpu, round, from) => {
+      this.received[cpu.vcpuId]!++;
+      if (round < this.rounds) k.smp.callFunctionSingle(cpu, from, "ipi_pingpong", round + 1);
+    });
+  }
+
+  start(k: XenLinux): void {
+    for (let a = 0; a + 1 < k.nrCpus; a += 2) this.kick[a] = true;
+  }
+
+  step(k: XenLinux, cpu: GuestCpu): boolean {
+    const c = cpu.vcpuId;
+    if (!this.kick[c] || !k.percpu[c + 1]?.online) return false;
+    this.kick[c] = false;
+    k.smp.callFunctionSingle(cpu, c + 1, "ipi_pingpong", 1);
+    return true;
+  }
+
+  get total(): number {
+    return this.received.reduce((a, b) => a + b, 0);
+  }
+}
+
+/** An inter-domain ping-pong: each event received is answered on the same channel. */
+export class EvtchnPingPong implements Workload {
+  readonly name = "evtchn_pingpong";
+  readonly stats = newStats();
+  irq = -1;
+  localPort = 0;
+  private startPending = false;
+  /** Set by the runner before a drain: received events are no longer answered. */
+  stopping = false;
+
+  constructor(
+    k: XenLinux,
+    private readonly role: { listen: number } | { dom: number; port: number },
+    readonly rounds: number,
+  ) {
+    k.events.registerHandler("evtchn_pingpong", (cpu) => {
+      const now = k.now(cpu);
+      this.stats.handled++;
+      this.stats.lastHandledAt = now;
+      if (!this.stopping && (this.rounds === 0 || this.stats.handled < this.rounds)) this.send(k, cpu);
+    });
+  }
+
+  start(k: XenLinux, cpu: GuestCpu): void {
+    if ("listen" in this.role) {
+      this.irq = k.events.bindEvtchnToIrqhandler(cpu, this.role.listen, "evtchn_pingpong", 0);
+    } else {
+      this.irq = k.events.bindInterdomainEvtchnToIrqhandler(cpu, this.role.dom, this.role.port, "evtchn_pingpong", 0);
+      this.startPending = this.irq >= 0;
+    }
+    if (this.irq < 0) throw new Error(`evtchn_pingpong: bind failed (${this.irq})`);
+    this.localPort = k.events.irqs[this.irq]!.evtchn;
+  }
+
+  step(k: XenLinux, cpu: GuestCpu): boolean {
+    if (!this.startPending || cpu.vcpuId !== 0) return false;
+    this.startPending = false;
+    this.send(k, cpu);
+    return true;
+  }
+
+  private send(k: XenLinux, cpu: GuestCpu): void {
+    this.stats.sends++;
+    this.stats.lastSendAt = k.now(cpu);
+    k.events.notifyRemoteViaIrq(cpu, this.irq);
+  }
+}
+
+/** Fan-in: many channels into one domain; the listener counts per port. */
+export class FanIn implements Workload {
+  readonly name = "fanin";
+  readonly ports: PortStats[] = [];
+  readonly irqs: number[] = [];
+  private next = 0;
+  private lastTickSend = 0;
+
+  constructor(
+    k: XenLinux,
+    private readonly role: { listen: number; count: number } | { dom: number; base: number; count: number },
+    private readonly flood: boolean,
+    private readonly batch: number,
+  ) {
+    for (let i = 0; i < role.count; i++) this.ports.push(newStats());
+    k.events.registerHandler("fanin", (cpu, _irq, devId) => {
+      const s = this.ports[devId]!;
+      s.handled++;
+      s.lastHandledAt = k.now(cpu);
+    });
+  }
+
+  get isSender(): boolean {
+    return "dom" in this.role;
+  }
+
+  start(k: XenLinux, cpu: GuestCpu): void {
+    for (let i = 0; i < this.role.count; i++) {
+      const irq =
+        "listen" in this.role
+          ? k.events.bindEvtchnToIrqhandler(cpu, this.role.listen + i, "fanin", i)
+          : k.events.bindInterdomainEvtchnToIrq(cpu, this.role.dom, this.role.base + i, "xen-dyn");
+      if (irq < 0) throw new Error(`fanin: bind ${i} failed (${irq})`);
+      this.irqs.push(irq);
+    }
+  }
+
+  step(k: XenLinux, cpu: GuestCpu): boolean {
+    if (!this.isSender || cpu.vcpuId !== 0 || this.irqs.length === 0) return false;
+    const now = k.now(cpu);
+    if (this.flood) {
+      this.sendOn(k, cpu, 0, now);
+      if (now - this.lastTickSend >= TICK_NS) {
+        this.lastTickSend = now;
+        for (let i = 1; i < this.irqs.length; i++) this.sendOn(k, cpu, i, now);
+      }
+      return true;
+    }
+    for (let n = 0; n < this.batch; n++) {
+      this.sendOn(k, cpu, this.next, now);
+      this.next = (this.next + 1) % this.irqs.length;
+    }
+    return true;
+  }
+
+  private sendOn(k: XenLinux, cpu: GuestCpu, i: number, now: number): void {
+    const s = this.ports[i]!;
+    s.sends++;
+    s.lastSendAt = now;
+    k.events.notifyRemoteViaIrq(cpu, this.irqs[i]!);
+  }
+
+  /** Sender-side: stop sending (for a drain before the lost-wakeup check). */
+  stop(): void {
+    this.irqs.length = 0;
+  }
+}
+
+/** Builds the workloads a kernel's command line asks for. */
+export function workloadsFromCmdline(k: XenLinux): Workload[] {
+  const out: Workload[] = [];
+  const num = (key: string) => Number(k.option(key, "0"));
+  if (k.options.has("ipi_pingpong")) out.push(new IpiPingPong(k, num("ipi_pingpong")));
+  const rounds = num("pingpong_rounds");
+  if (k.options.has("evtchn_listen")) out.push(new EvtchnPingPong(k, { listen: num("evtchn_listen") }, rounds));
+  if (k.options.has("evtchn_connect")) {
+    const [dom, port] = k.option("evtchn_connect", "").split(":").map(Number);
+    out.push(new EvtchnPingPong(k, { dom: dom!, port: port! }, rounds));
+  }
+  const flood = k.option("fanin_flood", "0") === "1";
+  const batch = Number(k.option("fanin_batch", "16"));
+  if (k.options.has("fanin_listen")) {
+    const [base, count] = k.option("fanin_listen", "").split(":").map(Number);
+    out.push(new FanIn(k, { listen: base!, count: count! }, flood, batch));
+  }
+  if (k.options.has("fanin_connect")) {
+    const [dom, base, count] = k.option("fanin_connect", "").split(":").map(Number);
+    out.push(new FanIn(k, { dom: dom!, base: base!, count: count! }, flood, batch));
+  }
+  return out;
+}

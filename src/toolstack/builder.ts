@@ -1,0 +1,97 @@
+// The PV domain builder (libxenguest's xc_dom_* for a PV kernel): creates the domain, lays out
+// its first pages (kernel, start_info, the p2m list, xenstore and console pages) and fills
+// start_info, writing into guest frames through foreign mappings as libxc does.
+
+import type { GuestImage } from "../abi/cpu.ts";
+import { type GuestWidth, layoutFor } from "../abi/layout.ts";
+import { SIF_INITDOMAIN, SIF_PRIVILEGED, XEN_PAGE_SIZE } from "../abi/xen.ts";
+import type { Domain } from "../hypervisor/domain.ts";
+import type { Hypervisor } from "../hypervisor/hypervisor.ts";
+
+export interface DomainSpec {
+  name: string;
+  memoryMiB: number;
+  vcpus: number;
+  width: GuestWidth;
+  /** xl's max_event_channels (default 1023). */
+  maxEventChannels: number;
+  cmdline: string;
+  privileged: boolean;
+}
+
+/** Pages the kernel image occupies from pfn 0 (its text; the model's code lives in TS). */
+export const KERNEL_IMAGE_PAGES = 16;
+
+export interface BuiltDomain {
+  domain: Domain;
+  startInfoPfn: number;
+  storePfn: number;
+  consolePfn: number;
+}
+
+export function buildDomain(hv: Hypervisor, spec: DomainSpec, image: GuestImage): BuiltDomain {
+  const L = layoutFor(spec.width);
+  const nrPages = Math.floor((spec.memoryMiB * 1024 * 1024) / XEN_PAGE_SIZE);
+  const d = hv.createDomain(
+    {
+      name: spec.name,
+      width: spec.width,
+      maxVcpus: spec.vcpus,
+      nrPages,
+      maxEvtchnPort: Math.min(spec.maxEventChannels, 131071),
+      privileged: spec.privileged,
+    },
+    image,
+  );
+  const va = (pfn: number) => L.PAGE_OFFSET + pfn * XEN_PAGE_SIZE;
+  const startInfoPfn = KERNEL_IMAGE_PAGES;
+  const mfnListPfn = startInfoPfn + 1;
+  const mfnListPages = Math.ceil((nrPages * L.ulong) / XEN_PAGE_SIZE);
+  const storePfn = mfnListPfn + mfnListPages;
+  const consolePfn = storePfn + 1;
+  const ptBasePfn = consolePfn + 1;
+  if (ptBasePfn + 64 > nrPages) throw new Error(`${spec.name}: ${spec.memoryMiB} MiB is too small to boot`);
+
+  // The p2m list the guest reads its pfn -> mfn translations from.
+  for (let pfn = 0; pfn < nrPages; pfn++) {
+    const off = pfn * L.ulong;
+    const dv = hv.memory.dv(d.p2m[mfnListPfn + Math.floor(off / XEN_PAGE_SIZE)]!);
+    putUlong(dv, off % XEN_PAGE_SIZE, d.p2m[pfn]!, L.ulong);
+  }
+
+  const si = hv.memory.dv(d.p2m[startInfoPfn]!);
+  const S = L.start_info;
+  const magic = spec.width === 64 ? "xen-3.0-x86_64" : "xen-3.0-x86_32p";
+  for (let i = 0; i < magic.length; i++) si.setUint8(S.magic + i, magic.charCodeAt(i));
+  putUlong(si, S.nr_pages, nrPages, L.ulong);
+  putUlong(si, S.shared_info, d.sharedInfoMfn * XEN_PAGE_SIZE, L.ulong);
+  si.setUint32(S.flags, spec.privileged ? SIF_PRIVILEGED | SIF_INITDOMAIN : 0, true);
+  putUlong(si, S.store_mfn, d.p2m[storePfn]!, L.ulong);
+  si.setUint32(S.store_evtchn, 0, true);
+  putUlong(si, S.console_mfn, d.p2m[consolePfn]!, L.ulong);
+  si.setUint32(S.console_evtchn, 0, true);
+  putUlong(si, S.pt_base, va(ptBasePfn), L.ulong);
+  putUlong(si, S.nr_pt_frames, 0, L.ulong);
+  putUlong(si, S.mfn_list, va(mfnListPfn), L.ulong);
+  setCmdline(hv, d, startInfoPfn, spec.cmdline);
+
+  // PV vCPUs start with event delivery masked; the kernel unmasks when it is ready.
+  for (const v of d.vcpus) v.setUpcallMask(true);
+  hv.setBootContext(d, image.entry, va(startInfoPfn));
+  return { domain: d, startInfoPfn, storePfn, consolePfn };
+}
+
+function putUlong(dv: DataView, off: number, value: number, size: 4 | 8): void {
+  const lo = value >>> 0;
+  dv.setUint32(off, lo, true);
+  if (size === 8) dv.setUint32(off + 4, Math.floor((value - lo) / 0x100000000) >>> 0, true);
+}
+
+/** Writes the kernel command line into start_info (at most 1023 bytes and a NUL). */
+export function setCmdline(hv: Hypervisor, d: Domain, startInfoPfn: number, cmdline: string): void {
+  const si = hv.memory.u8(d.p2m[startInfoPfn]!);
+  const at = layoutFor(d.width).start_info.cmd_line;
+  si.fill(0, at, at + 1024);
+  const cmd = cmdline.slice(0, 1023);
+  for (let i = 0; i < cmd.length; i++) si[at + i] = cmd.charCodeAt(i) & 0xff;
+}

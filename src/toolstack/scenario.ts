@@ -1,0 +1,291 @@
+// Scenarios: a machine described in xl.cfg syntax, run for a while under one seed, then checked.
+// Without a dom0 guest yet, the runner plays the toolstack: it builds the domains, allocates
+// the unbound ports listeners wait on (as xl does for xenstore and console channels) and passes
+// them on the kernel command line.
+
+import { readFileSync } from "node:fs";
+import { basename } from "node:path";
+import type { GuestWidth } from "../abi/layout.ts";
+import type { Domain } from "../hypervisor/domain.ts";
+import { Hypervisor } from "../hypervisor/hypervisor.ts";
+import { XenLinux } from "../guest/kernel.ts";
+import { EvtchnPingPong, FanIn, IpiPingPong, workloadsFromCmdline } from "../guest/workloads.ts";
+import { auditEvtchn } from "./audit.ts";
+import { buildDomain, type DomainSpec, setCmdline } from "./builder.ts";
+import { cfgNumber, cfgString, cfgStringList, parseXlCfg, type XlConfig, XlCfgError } from "./xlcfg.ts";
+
+export interface ScenarioDomain {
+  spec: DomainSpec;
+  evtchnAbi: "fifo" | "2l";
+  ipiPingpong: number;
+  pingpongWith: string | undefined;
+  pingpongRounds: number;
+  faninTo: string | undefined;
+  faninPorts: number;
+  faninFlood: boolean;
+}
+
+export interface Scenario {
+  name: string;
+  description: string;
+  pcpus: number;
+  runMs: number;
+  drainMs: number;
+  auditEverySteps: number;
+  domains: ScenarioDomain[];
+}
+
+export class ScenarioError extends Error {}
+
+/** Reads a scenario file; every mistake is a ScenarioError naming the file and the key. */
+export function loadScenario(path: string): Scenario {
+  let text: string;
+  try {
+    text = readFileSync(path, "utf8");
+  } catch (e) {
+    throw new ScenarioError(`${path}: cannot read: ${(e as Error).message}`);
+  }
+  return parseScenario(text, path);
+}
+
+export function parseScenario(text: string, file: string): Scenario {
+  let cfg: XlConfig;
+  try {
+    cfg = parseXlCfg(text, file);
+  } catch (e) {
+    if (e instanceof XlCfgError) throw new ScenarioError(e.message);
+    throw e;
+  }
+  const num = (key: string, dflt: number, min: number, max: number) => {
+    const v = cfgNumber(cfg, key) ?? dflt;
+    if (!Number.isFinite(v) || v < min || v > max) throw new ScenarioError(`${file}: ${key} must be ${min}..${max}, not ${v}`);
+    return v;
+  };
+  const specs = cfgStringList(cfg, "domain");
+  if (!specs || specs.length === 0) throw new ScenarioError(`${file}: no domain = [ ... ] entries`);
+  const domains = specs.map((s, i) => parseDomainSpec(s, `${file}: domain ${i + 1}`));
+  const names = new Set<string>();
+  for (const d of domains) {
+    if (names.has(d.spec.name)) throw new ScenarioError(`${file}: two domains are named ${d.spec.name}`);
+    names.add(d.spec.name);
+  }
+  for (const d of domains) {
+    for (const peer of [d.pingpongWith, d.faninTo]) {
+      if (peer !== undefined && !names.has(peer)) throw new ScenarioError(`${file}: ${d.spec.name} names unknown domain ${peer}`);
+    }
+  }
+  return {
+    name: cfgString(cfg, "name") ?? basename(file).replace(/\.cfg$/, ""),
+    description: cfgString(cfg, "description") ?? "",
+    pcpus: num("pcpus", 2, 1, 64),
+    runMs: num("run_ms", 100, 1, 3_600_000),
+    drainMs: num("drain_ms", 20, 0, 60_000),
+    auditEverySteps: num("audit_every", 97, 0, 1e9),
+    domains,
+  };
+}
+
+/** One domain: 'name=a,memory=64,vcpus=4,...', the way xl writes vif and disk specs. */
+function parseDomainSpec(s: string, where: string): ScenarioDomain {
+  const kv = new Map<string, string>();
+  for (const part of s.split(",")) {
+    const t = part.trim();
+    if (!t) continue;
+    const eq = t.indexOf("=");
+    if (eq <= 0) throw new ScenarioError(`${where}: expected key=value, got '${t}'`);
+    kv.set(t.slice(0, eq).trim(), t.slice(eq + 1).trim());
+  }
+  const known = [
+    "name",
+    "memory",
+    "vcpus",
+    "max_event_channels",
+    "guest_width",
+    "evtchn_abi",
+    "ipi_pingpong",
+    "pingpong_with",
+    "pingpong_rounds",
+    "fanin_to",
+    "fanin_ports",
+    "fanin_flood",
+  ];
+  for (const key of kv.keys()) if (!known.includes(key)) throw new ScenarioError(`${where}: unknown key '${key}'`);
+  const int = (key: string, dflt: number, min: number, max: number) => {
+    const raw = kv.get(key);
+    const v = raw === undefined ? dflt : Number(raw);
+    if (!Number.isInteger(v) || v < min || v > max) throw new ScenarioError(`${where}: ${key} must be an integer ${min}..${max}`);
+    return v;
+  };
+  const name = kv.get("name");
+  if (!name || !/^[A-Za-z0-9_.-]+$/.test(name)) throw new ScenarioError(`${where}: needs a name of letters, digits, . _ -`);
+  const width = int("guest_width", 64, 32, 64);
+  if (width !== 32 && width !== 64) throw new ScenarioError(`${where}: guest_width is 32 or 64`);
+  const abi = kv.get("evtchn_abi") ?? "fifo";
+  if (abi !== "fifo" && abi !== "2l") throw new ScenarioError(`${where}: evtchn_abi is fifo or 2l`);
+  return {
+    spec: {
+      name,
+      memoryMiB: int("memory", 32, 4, 65536),
+      vcpus: int("vcpus", 1, 1, 32),
+      width: width as GuestWidth,
+      maxEventChannels: int("max_event_channels", 1023, 1, 131071),
+      cmdline: "",
+      privileged: false,
+    },
+    evtchnAbi: abi,
+    ipiPingpong: int("ipi_pingpong", 0, 0, 1e9),
+    pingpongWith: kv.get("pingpong_with"),
+    pingpongRounds: int("pingpong_rounds", 0, 0, 1e12),
+    faninTo: kv.get("fanin_to"),
+    faninPorts: int("fanin_ports", 0, 0, 131071),
+    faninFlood: int("fanin_flood", 0, 0, 1) === 1,
+  };
+}
+
+export interface RunResult {
+  seed: number;
+  failures: string[];
+  hv: Hypervisor;
+  kernels: Map<number, XenLinux>;
+  domains: Map<string, Domain>;
+  steps: number;
+}
+
+/** Builds the machine for `sc` under `seed`, runs it, drains it and checks it. */
+export function runScenario(sc: Scenario, seed: number): RunResult {
+  const frames = sc.domains.reduce((n, d) => n + d.spec.memoryMiB * 256 + 8, 0) + 1024;
+  const hv = new Hypervisor({ nrFrames: frames, firstDomid: 1, sched: { nrPcpus: sc.pcpus, seed } });
+  const kernels = new Map<number, XenLinux>();
+  const byName = new Map<string, Domain>();
+  const built = sc.domains.map((sd) => {
+    const k = new XenLinux(sd.spec.width, workloadsFromCmdline);
+    const b = buildDomain(hv, sd.spec, k);
+    kernels.set(b.domain.domid, k);
+    byName.set(sd.spec.name, b.domain);
+    return { sd, b, cmd: [`xen.fifo_events=${sd.evtchnAbi === "fifo" ? 1 : 0}`] };
+  });
+  // Channels: the first-listed side of a pair listens on a port the toolstack allocates for its peer.
+  for (const { sd, b, cmd } of built) {
+    if (sd.ipiPingpong > 0) cmd.push(`ipi_pingpong=${sd.ipiPingpong}`);
+    if (sd.pingpongRounds > 0) cmd.push(`pingpong_rounds=${sd.pingpongRounds}`);
+    if (sd.pingpongWith) {
+      const peer = built.find((x) => x.sd.spec.name === sd.pingpongWith)!;
+      const first = built.indexOf(built.find((x) => x.sd === sd)!) < built.indexOf(peer);
+      if (first) {
+        const port = hv.allocUnboundFor(b.domain, peer.b.domain.domid);
+        if (port < 0) throw new ScenarioError(`cannot allocate a port in ${sd.spec.name}: ${port}`);
+        cmd.push(`evtchn_listen=${port}`);
+        peer.cmd.push(`evtchn_connect=${b.domain.domid}:${port}`);
+      }
+    }
+    if (sd.faninTo) {
+      const peer = built.find((x) => x.sd.spec.name === sd.faninTo)!;
+      const ports: number[] = [];
+      for (let i = 0; i < sd.faninPorts; i++) {
+        const p = hv.allocUnboundFor(peer.b.domain, b.domain.domid);
+        if (p < 0) throw new ScenarioError(`cannot allocate ${sd.faninPorts} ports in ${peer.sd.spec.name}: ${p}`);
+        ports.push(p);
+      }
+      const base = ports[0] ?? 1;
+      peer.cmd.push(`fanin_listen=${base}:${ports.length}`);
+      cmd.push(`fanin_connect=${peer.b.domain.domid}:${base}:${ports.length}`);
+      if (sd.faninFlood) cmd.push("fanin_flood=1");
+    }
+  }
+  for (const { b, cmd } of built) setCmdline(hv, b.domain, b.startInfoPfn, cmd.join(" "));
+  for (const { b } of built) hv.unpauseDomain(b.domain);
+
+  const failures: string[] = [];
+  const audit = () => {
+    for (const v of auditEvtchn(hv, kernels)) if (failures.length < 50) failures.push(`invariant: ${v}`);
+  };
+  const runUntil = (until: number) => {
+    let steps = 0;
+    while (hv.sched.now() < until && failures.length === 0) {
+      if (!hv.sched.step()) break;
+      steps++;
+      if (sc.auditEverySteps > 0 && steps % sc.auditEverySteps === 0) audit();
+    }
+    return steps;
+  };
+  let steps = runUntil(sc.runMs * 1e6);
+  // Drain: senders stop, everything in flight must still arrive.
+  for (const k of kernels.values()) {
+    for (const w of k.workloads) {
+      if (w instanceof EvtchnPingPong) w.stopping = true;
+      if (w instanceof FanIn && w.isSender) w.stop();
+    }
+  }
+  steps += runUntil((sc.runMs + sc.drainMs) * 1e6);
+  audit();
+  checkWorkloads(hv, kernels, failures);
+  return { seed, failures, hv, kernels, domains: byName, steps };
+}
+
+function checkWorkloads(hv: Hypervisor, kernels: Map<number, XenLinux>, failures: string[]): void {
+  for (const d of hv.domains.values()) {
+    const k = kernels.get(d.domid)!;
+    if (d.state !== "running") {
+      const err = hv.lastGuestError instanceof Error ? ` (${hv.lastGuestError.message})` : "";
+      failures.push(`${d.name}: domain is ${d.state}, code ${d.shutdownCode}${err}`);
+      continue;
+    }
+    if (!k.booted) {
+      failures.push(`${d.name}: kernel did not finish booting`);
+      continue;
+    }
+    for (const [c, pc] of k.percpu.entries()) if (!pc.online) failures.push(`${d.name}: CPU${c} never came up`);
+    for (const w of k.workloads) {
+      if (w instanceof IpiPingPong) {
+        const pairs = Math.floor(k.nrCpus / 2);
+        if (w.total !== pairs * w.rounds) failures.push(`${d.name}: ipi_pingpong delivered ${w.total} of ${pairs * w.rounds}`);
+      } else if (w instanceof EvtchnPingPong) {
+        if (w.stats.handled === 0) failures.push(`${d.name}: evtchn ping-pong never received an event`);
+        if (w.rounds > 0 && w.stats.handled < w.rounds) {
+          failures.push(`${d.name}: evtchn ping-pong stalled at ${w.stats.handled} of ${w.rounds} rounds`);
+        }
+      } else if (w instanceof FanIn && !w.isSender) {
+        const starved = w.ports.findIndex((p) => p.handled === 0);
+        if (starved >= 0) failures.push(`${d.name}: fan-in port #${starved} never delivered`);
+      }
+    }
+  }
+  // Every sender's last event reached its receiver's handler (no lost wakeups).
+  for (const k of kernels.values()) {
+    for (const w of k.workloads) {
+      if (!(w instanceof FanIn) || !w.isSender) continue;
+      const peer = [...kernels.values()].flatMap((x) => x.workloads).find((x) => x instanceof FanIn && !x.isSender) as
+        | FanIn
+        | undefined;
+      if (!peer) continue;
+      w.ports.forEach((s, i) => {
+        if (s.sends > 0 && (peer.ports[i]?.handled ?? 0) === 0) failures.push(`fan-in port #${i}: ${s.sends} sends, no handler run`);
+      });
+    }
+  }
+}
+
+/** A compact report of a run, for people. */
+export function describeRun(r: RunResult): string[] {
+  const lines: string[] = [];
+  const now = r.hv.sched.now();
+  lines.push(`seed ${r.seed}: ${r.steps} scheduling steps, ${(now / 1e6).toFixed(1)} ms of virtual time`);
+  for (const d of r.hv.domains.values()) {
+    const k = r.kernels.get(d.domid)!;
+    const ticks = k.percpu.map((p) => p.ticks).join("/");
+    const upcalls = d.vcpus.reduce((n, v) => n + v.upcalls, 0);
+    const hcs = d.vcpus.reduce((n, v) => n + v.hypercalls, 0);
+    lines.push(
+      `  d${d.domid} ${d.name}: ${d.vcpus.length} vCPUs, ${k.events?.backend.name ?? "-"} ABI, timer ticks ${ticks}, ${upcalls} upcalls, ${hcs} hypercalls`,
+    );
+    for (const w of k.workloads) {
+      if (w instanceof IpiPingPong) lines.push(`    ipi_pingpong: ${w.total} IPIs delivered (${w.received.join("/")} per CPU)`);
+      if (w instanceof EvtchnPingPong) lines.push(`    evtchn ping-pong on port ${w.localPort}: ${w.stats.handled} received, ${w.stats.sends} sent`);
+      if (w instanceof FanIn) {
+        const n = w.ports.reduce((a, p) => a + (w.isSender ? p.sends : p.handled), 0);
+        lines.push(`    fan-in over ${w.ports.length} ports: ${n} ${w.isSender ? "sent" : "handled"}`);
+      }
+    }
+  }
+  return lines;
+}
