@@ -61,6 +61,10 @@ export class XenEvents {
   /** Per-CPU lists of irqs waiting for a deferred EOI. */
   readonly eoiLists: number[][];
   readonly handlers = new Map<string, IrqHandler>();
+  /** Per-CPU loop state and port callbacks, made once so an upcall allocates nothing. */
+  private readonly loopCtrl: EvtchnLoopCtrl[];
+  private readonly upcallCpu: (GuestCpu | undefined)[];
+  private readonly portHandlers: ((port: number) => void)[];
   /** Ports seen pending with no irq bound (a race Linux tolerates). */
   unboundEvents = 0;
   spuriousEoi = 0;
@@ -72,12 +76,18 @@ export class XenEvents {
   ) {
     this.evtchnToIrq = new Int32Array(backend.maxChannels()).fill(-1);
     this.virqToIrq = [];
+    this.timerPorts = new Uint32Array(p.nrCpus);
     this.ipiToIrq = [];
     for (let c = 0; c < p.nrCpus; c++) {
       this.virqToIrq.push(new Int32Array(24).fill(-1));
       this.ipiToIrq.push(new Int32Array(XEN_NR_IPIS).fill(-1));
     }
     this.irqEpoch = new Uint32Array(p.nrCpus);
+    this.loopCtrl = Array.from({ length: p.nrCpus }, () => ({ timeout: 0, count: 0, deferEoi: false }));
+    this.upcallCpu = new Array(p.nrCpus);
+    this.portHandlers = Array.from({ length: p.nrCpus }, (_, c) => (port: number) => {
+      this.handleIrqForPort(this.upcallCpu[c]!, port, this.loopCtrl[c]!);
+    });
     this.eoiLists = Array.from({ length: p.nrCpus }, () => []);
   }
 
@@ -162,6 +172,7 @@ export class XenEvents {
       const rc = this.setupPort(cpu, info, port, tcpu);
       if (rc < 0) return rc;
       this.virqToIrq[tcpu]![virq] = info.irq;
+      if (virq === 0) this.timerPorts[tcpu] = port;
       irq = info.irq;
     }
     this.irqs[irq]!.refcnt++;
@@ -258,7 +269,10 @@ export class XenEvents {
     const port = info.evtchn;
     if (port !== 0) {
       this.backend.mask(port);
-      if (info.type === IRQT.VIRQ) this.virqToIrq[info.cpu]![info.index] = -1;
+      if (info.type === IRQT.VIRQ) {
+        this.virqToIrq[info.cpu]![info.index] = -1;
+        if (info.index === 0) this.timerPorts[info.cpu] = 0;
+      }
       else if (info.type === IRQT.IPI) this.ipiToIrq[info.cpu]![info.index] = -1;
       this.evtchnToIrq[port] = -1;
       info.evtchn = 0;
@@ -413,19 +427,21 @@ export class XenEvents {
 
   /** __xen_evtchn_do_upcall: scan until no upcall is pending. */
   doUpcall(cpu: GuestCpu, upcallPending: Uint8Array, upcallPendingOff: number): void {
-    const ctrl: EvtchnLoopCtrl = { timeout: 0, count: 0, deferEoi: false };
+    const c = cpu.vcpuId;
+    const ctrl = this.loopCtrl[c]!;
+    ctrl.timeout = 0;
+    ctrl.count = 0;
+    ctrl.deferEoi = false;
+    this.upcallCpu[c] = cpu;
     do {
       upcallPending[upcallPendingOff] = 0;
-      this.backend.handleEvents(cpu, ctrl, (port) => this.handleIrqForPort(cpu, port, ctrl));
+      this.backend.handleEvents(cpu, ctrl, this.portHandlers[c]!);
     } while (upcallPending[upcallPendingOff] !== 0);
     this.irqEpoch[cpu.vcpuId]!++;
   }
 
-  /** The port whose events a CPU scans first (its VIRQ_TIMER), or 0. */
-  timerPort(c: number): number {
-    const irq = this.virqToIrq[c]![0]!;
-    return irq < 0 ? 0 : (this.irqs[irq]?.evtchn ?? 0);
-  }
+  /** Each CPU's VIRQ_TIMER port (0: none), which the 2-level scan looks at first. */
+  readonly timerPorts: Uint32Array;
 
   private handleIrqForPort(cpu: GuestCpu, port: number, ctrl: EvtchnLoopCtrl): void {
     const irq = this.evtchnToIrq[port]!;

@@ -36,7 +36,7 @@ export class Events2L implements EvtchnBackend {
     private readonly layout: Layout,
     nrCpus: number,
     private readonly hc: Hypercalls,
-    private readonly timerPortOf: (c: number) => number,
+    private readonly timerPorts: () => Uint32Array,
   ) {
     this.bpw = layout.width;
     this.nrPorts = layout.nrEvtchn2L;
@@ -125,7 +125,7 @@ export class Events2L implements EvtchnBackend {
     const halves = bpw === 64 ? 2 : 1;
     const cm = this.cpuMask[c]!;
     // The timer interrupt has the highest priority.
-    const tport = this.timerPortOf(c);
+    const tport = this.timerPorts()[c]!;
     if (tport !== 0) {
       const i = tport >>> 5;
       const bit = 1 << (tport & 31);

@@ -2,7 +2,7 @@
 // callbacks, the event-channel ABI choice, per-CPU timer and IPI bindings, secondary vCPU
 // bring-up), the upcall, the timer tick and the idle loop. It sees only GuestCpu.
 
-import { type GuestCpu, type GuestImage } from "../abi/cpu.ts";
+import type { GuestCpu, GuestImage } from "../abi/cpu.ts";
 import { type GuestWidth, type Layout, layoutFor } from "../abi/layout.ts";
 import { CALLBACKTYPE, HYPERVISOR, UVMF, VCPUOP, VGCF_in_kernel, VGCF_online, VIRQ, XEN_PAGE_SIZE } from "../abi/xen.ts";
 import type { EvtchnBackend } from "./evtchn_backend.ts";
@@ -105,7 +105,8 @@ export class XenLinux implements GuestImage, Scratch, PageSource {
     const pc = this.percpu[cpu.vcpuId];
     if (!pc?.online) return;
     this.events.runEoiWorker(cpu);
-    for (const w of this.workloads) if (w.step(this, cpu)) return;
+    const ws = this.workloads;
+    for (let i = 0; i < ws.length; i++) if (ws[i]!.step(this, cpu)) return;
     // Nothing to do: xen_safe_halt.
     this.hc.block(cpu);
   }
@@ -244,7 +245,7 @@ export class XenLinux implements GuestImage, Scratch, PageSource {
       if (fifo.initCpu(cpu, 0) === 0) backend = fifo;
     }
     if (!backend) {
-      const l2 = new Events2L(new Uint32Array(this.si.buffer), this.layout, this.nrCpus, this.hc, (c) => this.events.timerPort(c));
+      const l2 = new Events2L(new Uint32Array(this.si.buffer), this.layout, this.nrCpus, this.hc, () => this.events.timerPorts);
       for (let port = 0; port < l2.maxChannels(); port++) l2.mask(port);
       backend = l2;
     }

@@ -29,7 +29,8 @@ export class EvtchnTable {
 
   constructor(maxPort: number) {
     this.maxPort = maxPort;
-    this.capacity = maxPort + 1;
+    // Whole buckets: Xen's port_is_valid() checks only valid_evtchns, not max_evtchn_port.
+    this.capacity = Math.ceil((maxPort + 1) / EVTCHNS_PER_BUCKET) * EVTCHNS_PER_BUCKET;
     this.state = new Uint8Array(this.capacity);
     this.notifyVcpu = new Uint16Array(this.capacity);
     this.remoteDom = new Uint16Array(this.capacity);
@@ -51,10 +52,11 @@ export interface EvtchnHost {
 
 function getFreePort(d: Domain): number {
   const t = d.evtchn;
-  const limit = Math.min(t.capacity, d.portOps.maxPorts);
+  const limit = Math.min(t.maxPort + 1, d.portOps.maxPorts);
   for (let port = 1; port < limit; port++) {
     if (port >= t.validPorts) t.validPorts = Math.min(t.validPorts + EVTCHNS_PER_BUCKET, t.capacity);
-    if (t.state[port] === ECS.FREE) return port;
+    // evtchn_allocate_port: a free port whose FIFO event is still LINKED is busy.
+    if (t.state[port] === ECS.FREE && !d.fifo?.isBusy(port)) return port;
   }
   return -E.ENOSPC;
 }
@@ -79,9 +81,14 @@ function targetDomain(host: EvtchnHost, caller: Domain, domid: number): Domain |
 }
 
 export function evtchnAllocUnbound(host: EvtchnHost, caller: Domain, dom: number, remoteDom: number): number {
-  const d = targetDomain(host, caller, dom);
-  if (typeof d === "number") return d;
-  const remote = remoteDom === DOMID_SELF ? d.domid : remoteDom;
+  // Xen's order: find the domain, take a port, then the XSM check.
+  const d = dom === DOMID_SELF ? caller : host.domainById(dom);
+  if (!d) return -E.ESRCH;
+  const free = getFreePort(d);
+  if (free < 0) return free;
+  if (d !== caller && !caller.privileged) return -E.EPERM;
+  // DOMID_SELF means the caller (current->domain), not the domain the port is in.
+  const remote = remoteDom === DOMID_SELF ? caller.domid : remoteDom;
   const port = allocPort(d, ECS.UNBOUND, 0);
   if (port < 0) return port;
   d.evtchn.remoteDom[port] = remote;
@@ -112,10 +119,11 @@ export function evtchnBindInterdomain(host: EvtchnHost, ld: Domain, remoteDom: n
 export function evtchnBindVirq(d: Domain, virq: number, vcpu: number): number {
   if (!Number.isInteger(virq) || virq < 0 || virq >= NR_VIRQS) return -E.EINVAL;
   const perVcpu = virqIsPerVcpu(virq);
-  if (!perVcpu && virq !== VIRQ.ARGO && d.globalVirqHandler(virq) !== d.domid) return -E.EBUSY;
   if (!perVcpu && vcpu !== 0) return -E.EINVAL;
   const v = d.vcpus[vcpu];
   if (!v) return -E.ENOENT;
+  // Xen eba922abdb: EBUSY comes after the vCPU checks.
+  if (!perVcpu && virq !== VIRQ.ARGO && d.globalVirqHandler(virq) !== d.domid) return -E.EBUSY;
   if (v.virqToEvtchn[virq] !== 0) return -E.EEXIST;
   const port = allocPort(d, ECS.VIRQ, vcpu);
   if (port < 0) return port;
@@ -216,10 +224,12 @@ export interface EvtchnStatus {
 }
 
 export function evtchnStatus(host: EvtchnHost, caller: Domain, dom: number, port: number): EvtchnStatus | number {
-  const d = targetDomain(host, caller, dom);
-  if (typeof d === "number") return d;
+  // Xen's order: domain, port, then the XSM check.
+  const d = dom === DOMID_SELF ? caller : host.domainById(dom);
+  if (!d) return -E.ESRCH;
   const t = d.evtchn;
   if (!t.isValid(port)) return -E.EINVAL;
+  if (d !== caller && !caller.privileged) return -E.EPERM;
   const st: EvtchnStatus = { status: EVTCHNSTAT.closed, vcpu: t.notifyVcpu[port]!, dom: 0, port: 0, virq: 0 };
   switch (t.state[port]) {
     case ECS.UNBOUND:
@@ -268,9 +278,12 @@ export function evtchnUnmask(d: Domain, port: number): number {
 }
 
 /** EVTCHNOP_reset: closes every port and returns the domain to the 2-level ABI. */
-export function evtchnReset(host: EvtchnHost, caller: Domain, dom: number): number {
+export function evtchnReset(host: EvtchnHost, caller: Domain, dom: number, resuming = false): number {
   const d = targetDomain(host, caller, dom);
   if (typeof d === "number") return d;
+  // Another domain must be paused first; reset_cont with no reset under way is -EBUSY.
+  if (d !== caller && d.pauseCount === 0) return -E.EINVAL;
+  if (resuming) return -E.EBUSY;
   const t = d.evtchn;
   for (let port = 1; port < t.validPorts; port++) {
     if (t.state[port] !== ECS.FREE) evtchnClose(host, d, port);

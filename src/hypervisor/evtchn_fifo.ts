@@ -79,16 +79,13 @@ export class EvtchnFifo implements EvtchnPortOps {
       this.d.checkPollers(port);
       return;
     }
+    // Xen drops the event (PENDING untouched) for a vCPU without a control block.
+    const cb = this.controlBlocks[v.id];
+    if (!cb) return;
     const i = port & 1023;
     let w = page[i]! | PENDING;
     page[i] = w;
     if (!(w & (MASKED | LINKED))) {
-      const cb = this.controlBlocks[v.id];
-      if (!cb) {
-        // A vCPU without a control block cannot be notified; the event stays pending.
-        this.d.checkPollers(port);
-        return;
-      }
       const prio = this.d.evtchn.priority[port]!;
       const oldCb = this.controlBlocks[this.lastVcpu[port]!];
       const oldPrio = this.lastPriority[port]!;
@@ -146,6 +143,12 @@ export class EvtchnFifo implements EvtchnPortOps {
   isPending(port: number): boolean {
     const page = this.arrayPages[port >>> 10];
     return page ? (page[port & 1023]! & PENDING) !== 0 : this.pendingNoWord[port] === 1;
+  }
+
+  /** evtchn_fifo_is_busy: the event is still on a queue. */
+  isBusy(port: number): boolean {
+    const page = this.arrayPages[port >>> 10];
+    return page ? (page[port & 1023]! & LINKED) !== 0 : false;
   }
 
   isMasked(port: number): boolean {

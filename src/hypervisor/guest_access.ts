@@ -29,6 +29,7 @@ export class GuestAccess {
   u32(v: Vcpu, va: number): number {
     const ma = this.ma(v, va, false);
     const off = ma % XEN_PAGE_SIZE;
+    if ((off & 3) === 0) return this.memory.u32(Math.floor(ma / XEN_PAGE_SIZE))[off >>> 2]!;
     if (off <= XEN_PAGE_SIZE - 4) return this.memory.dv(Math.floor(ma / XEN_PAGE_SIZE)).getUint32(off, true);
     return (this.u16(v, va) | (this.u16(v, va + 2) << 16)) >>> 0;
   }
@@ -64,6 +65,10 @@ export class GuestAccess {
   put32(v: Vcpu, va: number, value: number): void {
     const ma = this.ma(v, va, true);
     const off = ma % XEN_PAGE_SIZE;
+    if ((off & 3) === 0) {
+      this.memory.u32(Math.floor(ma / XEN_PAGE_SIZE))[off >>> 2] = value;
+      return;
+    }
     if (off <= XEN_PAGE_SIZE - 4) {
       this.memory.dv(Math.floor(ma / XEN_PAGE_SIZE)).setUint32(off, value >>> 0, true);
       return;

@@ -79,7 +79,7 @@ export function doEventChannelOp(hv: Hypervisor, v: Vcpu, cmd: number, arg: numb
       return evtchnUnmask(d, g.u32(v, arg + EVTCHN_OP.unmask.port));
     case EVTCHNOP.reset:
     case EVTCHNOP.reset_cont:
-      return evtchnReset(hv, d, g.u16(v, arg + EVTCHN_OP.reset.dom));
+      return evtchnReset(hv, d, g.u16(v, arg + EVTCHN_OP.reset.dom), cmd === EVTCHNOP.reset_cont);
     case EVTCHNOP.init_control:
       return initControl(hv, v, arg);
     case EVTCHNOP.expand_array: {

@@ -3,6 +3,7 @@
 
 import { SCHED_SHUTDOWN, VCPU_SET_PERIODIC_TIMER } from "../abi/layout.ts";
 import { XEN_ERRNO as E, SCHEDOP, VCPU_SSHOTTMR_future, VCPUOP, VGCF_online } from "../abi/xen.ts";
+import { ECS } from "./evtchn.ts";
 import type { Hypervisor } from "./hypervisor.ts";
 import { NO_DEADLINE, type Vcpu } from "./vcpu.ts";
 
@@ -11,6 +12,9 @@ const ETIME = 62;
 const MIN_PERIOD_NS = 1_000_000;
 const STIME_DELTA_MAX = 0x7fffffffffff;
 const MAX_POLL_PORTS = 128;
+/** do_set_timer_op: timeouts past 2^50 ns ahead, or negative, become 100 ms. */
+const HUGE_TIMEOUT_NS = 2 ** 50;
+const HUGE_TIMEOUT_FALLBACK_NS = 100_000_000;
 
 export function doSchedOp(hv: Hypervisor, v: Vcpu, cmd: number, arg: number): number {
   const g = hv.guest;
@@ -57,14 +61,16 @@ function doPoll(hv: Hypervisor, v: Vcpu, arg: number): number {
   const ports = v.width === 64 ? g.pointer(v, arg + L.ports) : g.u32(v, arg + L.ports);
   const nrPorts = g.u32(v, arg + L.nr_ports);
   const timeout = g.u64(v, arg + L.timeout);
-  // The caller must have events masked, or set_pending could race with the sleep.
-  if (!v.upcallMask) return -E.EINVAL;
   if (nrPorts > MAX_POLL_PORTS) return -E.EINVAL;
   g.check(v, ports, nrPorts * 4, false);
+  // local_events_need_delivery(): an upcall is due, so no sleep (Xen has no mask rule since 2006).
+  if (v.upcallPending && !v.upcallMask) return 0;
   const list: number[] = [];
+  const t = v.domain.evtchn;
   for (let i = 0; i < nrPorts; i++) {
     const port = g.u32(v, ports + 4 * i);
-    if (!v.domain.evtchn.isValid(port)) return -E.EINVAL;
+    // evtchn_port_poll: invalid, free and reserved ports are -EINVAL.
+    if (!t.isValid(port) || t.state[port] === ECS.FREE || t.state[port] === ECS.RESERVED) return -E.EINVAL;
     if (v.domain.portOps.isPending(port)) return 0;
     list.push(port);
   }
@@ -79,8 +85,10 @@ function doPoll(hv: Hypervisor, v: Vcpu, arg: number): number {
 
 /** set_timer_op: absolute system time in ns; 0 stops the timer; the past fires at once. */
 export function doSetTimerOp(hv: Hypervisor, v: Vcpu, timeout: number): number {
+  const now = hv.now(v);
   if (timeout === 0) v.singleshotDeadline = NO_DEADLINE;
-  else v.singleshotDeadline = Math.max(timeout, hv.now(v));
+  else if (timeout < 0 || timeout - now >= HUGE_TIMEOUT_NS) v.singleshotDeadline = now + HUGE_TIMEOUT_FALLBACK_NS;
+  else v.singleshotDeadline = Math.max(timeout, now);
   hv.timersChanged();
   return 0;
 }

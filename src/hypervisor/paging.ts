@@ -22,16 +22,21 @@ export class AddressSpace {
   /** Virtual page number -> (mfn << 1 | writable), for update_va_mapping'd pages. */
   readonly singlePages = new Map<number, number>();
 
+  private readonly directMapSize: number;
+
   constructor(
     readonly directMapBase: number,
     readonly p2m: Uint32Array,
-  ) {}
+  ) {
+    this.directMapSize = p2m.length * XEN_PAGE_SIZE;
+  }
 
   /** Machine byte address for `va`, or -1. */
   translate(va: number, write: boolean): number {
     const off = va - this.directMapBase;
-    if (off >= 0 && off < this.p2m.length * XEN_PAGE_SIZE) {
-      const pfn = Math.floor(off / XEN_PAGE_SIZE);
+    if (off >= 0 && off < this.directMapSize) {
+      // Offsets below 2 GiB take the integer path; larger direct maps the general one.
+      const pfn = off < 0x80000000 ? off >>> 12 : Math.floor(off / XEN_PAGE_SIZE);
       return this.p2m[pfn]! * XEN_PAGE_SIZE + (off - pfn * XEN_PAGE_SIZE);
     }
     const vpn = Math.floor(va / XEN_PAGE_SIZE);

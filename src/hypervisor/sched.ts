@@ -115,7 +115,12 @@ export class Scheduler {
       this.host.fireTimers(deadline);
       return true;
     }
+    // Timers fire at p's time: a vCPU they wake on an idle pCPU that lags behind must catch up
+    // to it (see wake()), or it would see its timer fire early and re-arm it again and again.
+    this.stepPcpu = p;
+    this.stepCost = 0;
     this.host.fireTimers(p.clock);
+    this.stepPcpu = null;
     const v = this.chooseVcpu(p);
     if (!v) return true;
     this.steps++;

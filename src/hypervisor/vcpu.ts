@@ -136,6 +136,7 @@ export class Vcpu implements GuestCpu {
   read32(va: number): number {
     const ma = this.translate(va, false);
     const off = ma % XEN_PAGE_SIZE;
+    if ((off & 3) === 0) return this.host.memory.u32(Math.floor(ma / XEN_PAGE_SIZE))[off >>> 2]!;
     if (off <= XEN_PAGE_SIZE - 4) return this.host.memory.dv(Math.floor(ma / XEN_PAGE_SIZE)).getUint32(off, true);
     return (this.read8(va) | (this.read8(va + 1) << 8) | (this.read8(va + 2) << 16) | (this.read8(va + 3) << 24)) >>> 0;
   }
@@ -152,6 +153,10 @@ export class Vcpu implements GuestCpu {
   write32(va: number, value: number): void {
     const ma = this.translate(va, true);
     const off = ma % XEN_PAGE_SIZE;
+    if ((off & 3) === 0) {
+      this.host.memory.u32(Math.floor(ma / XEN_PAGE_SIZE))[off >>> 2] = value;
+      return;
+    }
     if (off <= XEN_PAGE_SIZE - 4) {
       this.host.memory.dv(Math.floor(ma / XEN_PAGE_SIZE)).setUint32(off, value >>> 0, true);
       return;
