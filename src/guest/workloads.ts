@@ -8,6 +8,7 @@
 //   fanin_listen=B:K    K ports from B (allocated by the toolstack): count events per port
 //   fanin_connect=D:B:K bind to domain D's ports B..B+K-1 and send on them round robin
 //   fanin_flood=1       send on the first port every step, on the others once per tick
+//   fanin_lateeoi=1     the listener binds with the lateeoi chip and EOIs from its handler
 
 import type { GuestCpu } from "../abi/cpu.ts";
 import { TICK_NS, type Workload, type XenLinux } from "./kernel.ts";
@@ -119,10 +120,13 @@ export class FanIn implements Workload {
     private readonly role: { listen: number; count: number } | { dom: number; base: number; count: number },
     private readonly flood: boolean,
     private readonly batch: number,
+    private readonly lateeoi = false,
   ) {
     for (let i = 0; i < role.count; i++) this.ports.push(newStats());
-    k.events.registerHandler("fanin", (_cpu, _irq, devId) => {
+    k.events.registerHandler("fanin", (cpu, irq, devId) => {
       this.ports[devId]!.handled++;
+      // A lateeoi driver finishes its work, then EOIs: the event was real, not spurious.
+      if (this.lateeoi) k.events.lateeoi(cpu, irq, false);
     });
   }
 
@@ -134,7 +138,7 @@ export class FanIn implements Workload {
     for (let i = 0; i < this.role.count; i++) {
       const irq =
         "listen" in this.role
-          ? k.events.bindEvtchnToIrqhandler(cpu, this.role.listen + i, "fanin", i)
+          ? k.events.bindEvtchnToIrqhandler(cpu, this.role.listen + i, "fanin", i, this.lateeoi)
           : k.events.bindInterdomainEvtchnToIrq(cpu, this.role.dom, this.role.base + i, "xen-dyn");
       if (irq < 0) throw new Error(`fanin: bind ${i} failed (${irq})`);
       this.irqs.push(irq);
@@ -185,7 +189,7 @@ export function workloadsFromCmdline(k: XenLinux): Workload[] {
   const batch = Number(k.option("fanin_batch", "16"));
   if (k.options.has("fanin_listen")) {
     const [base, count] = k.option("fanin_listen", "").split(":").map(Number);
-    out.push(new FanIn(k, { listen: base!, count: count! }, flood, batch));
+    out.push(new FanIn(k, { listen: base!, count: count! }, flood, batch, k.option("fanin_lateeoi", "0") === "1"));
   }
   if (k.options.has("fanin_connect")) {
     const [dom, base, count] = k.option("fanin_connect", "").split(":").map(Number);

@@ -27,10 +27,11 @@ export class Domain {
   readonly evtchn: EvtchnTable;
   portOps: EvtchnPortOps;
   fifo: EvtchnFifo | undefined;
-  state: DomainState = "running";
+  private _state: DomainState = "running";
+  private _pauseCount = 0;
+  /** Running and unpaused: kept as one flag because the scheduler asks on every step. */
+  active = true;
   shutdownCode = -1;
-  /** Pause references (domain_pause); vCPUs run only at 0. */
-  pauseCount = 0;
   /** vCPUs blocked in SCHEDOP_poll, checked on every set_pending. */
   readonly pollers = new Set<Vcpu>();
 
@@ -48,6 +49,25 @@ export class Domain {
     this.layout = layoutFor(config.width);
     this.evtchn = new EvtchnTable(config.maxEvtchnPort);
     this.portOps = new Evtchn2L(this);
+  }
+
+  get state(): DomainState {
+    return this._state;
+  }
+
+  set state(s: DomainState) {
+    this._state = s;
+    this.active = s === "running" && this._pauseCount === 0;
+  }
+
+  /** Pause references (domain_pause); vCPUs run only at 0. */
+  get pauseCount(): number {
+    return this._pauseCount;
+  }
+
+  set pauseCount(n: number) {
+    this._pauseCount = n;
+    this.active = this._state === "running" && n === 0;
   }
 
   get name(): string {

@@ -11,7 +11,7 @@ export class GuestAccess {
   constructor(private readonly memory: MachineMemory) {}
 
   private ma(v: Vcpu, va: number, write: boolean): number {
-    if (!Number.isFinite(va)) throw new FaultError(va, write);
+    // NaN and infinities fail translation like any unmapped address.
     const ma = v.domain.space.translate(va, write);
     if (ma < 0) throw new FaultError(va, write);
     return ma;

@@ -71,7 +71,7 @@ export class Vcpu implements GuestCpu {
   }
 
   get runnable(): boolean {
-    return !this.down && this.initialised && !this.blocked && this.domain.pauseCount === 0 && this.domain.state === "running";
+    return !this.down && this.initialised && !this.blocked && this.domain.active;
   }
 
   get upcallPending(): boolean {
@@ -206,6 +206,6 @@ export class Vcpu implements GuestCpu {
 
   /** Currently on a physical CPU and not blocked. */
   get running(): boolean {
-    return this.pcpu >= 0 && !this.blocked && !this.down && this.domain.state === "running" && this.domain.pauseCount === 0;
+    return this.pcpu >= 0 && !this.blocked && !this.down && this.domain.active;
   }
 }

@@ -23,6 +23,8 @@ export interface ScenarioDomain {
   faninTo: string | undefined;
   faninPorts: number;
   faninFlood: boolean;
+  /** The listener uses the lateeoi chip (set on the receiving domain). */
+  faninLateeoi: boolean;
 }
 
 export interface Scenario {
@@ -108,6 +110,7 @@ function parseDomainSpec(s: string, where: string): ScenarioDomain {
     "fanin_to",
     "fanin_ports",
     "fanin_flood",
+    "fanin_lateeoi",
   ];
   for (const key of kv.keys()) if (!known.includes(key)) throw new ScenarioError(`${where}: unknown key '${key}'`);
   const int = (key: string, dflt: number, min: number, max: number) => {
@@ -139,6 +142,7 @@ function parseDomainSpec(s: string, where: string): ScenarioDomain {
     faninTo: kv.get("fanin_to"),
     faninPorts: int("fanin_ports", 0, 0, 131071),
     faninFlood: int("fanin_flood", 0, 0, 1) === 1,
+    faninLateeoi: int("fanin_lateeoi", 0, 0, 1) === 1,
   };
 }
 
@@ -194,6 +198,7 @@ export function buildMachine(sc: Scenario, seed: number): Machine {
       }
       const base = ports[0] ?? 1;
       peer.cmd.push(`fanin_listen=${base}:${ports.length}`);
+      if (peer.sd.faninLateeoi) peer.cmd.push("fanin_lateeoi=1");
       cmd.push(`fanin_connect=${peer.b.domain.domid}:${base}:${ports.length}`);
       if (sd.faninFlood) cmd.push("fanin_flood=1");
     }

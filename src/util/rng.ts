@@ -33,7 +33,10 @@ export class Rng {
 
   /** An integer in [0, n). */
   below(n: number): number {
-    return n <= 1 ? 0 : Math.floor((this.nextU32() / 0x100000000) * n);
+    if (n <= 1) return 0;
+    // Below 2^16 a multiply-shift is exact enough and avoids float division.
+    if (n < 0x10000) return ((this.nextU32() >>> 16) * n) >>> 16;
+    return Math.floor((this.nextU32() / 0x100000000) * n);
   }
 
   /** True with probability p. */
