@@ -11,6 +11,10 @@ function positiveInt(value: string): number {
   return n;
 }
 
+function collect(value: string, previous: string[]): string[] {
+  return [...previous, value];
+}
+
 const program = new Command();
 program.name("xensim").description("An executable model of Xen PV: hypervisor, PV guest kernel and toolstack").version("0.1.0");
 
@@ -22,7 +26,8 @@ program
   .option("--seeds <n>", "run seeds 1..n", positiveInt)
   .option("--dump <what>", "after the run, dump state: evtchn")
   .option("-q, --quiet", "print only failures and the summary")
-  .action((file: string, opts: { seed?: number; seeds?: number; dump?: string; quiet?: boolean }) => {
+  .option("--disable-fix <name>", "switch off a guest fix to see what it prevents (repeatable): unmask-pending", collect, [])
+  .action((file: string, opts: { seed?: number; seeds?: number; dump?: string; quiet?: boolean; disableFix: string[] }) => {
     process.exitCode = runCommand(file, opts);
   });
 

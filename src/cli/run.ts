@@ -1,6 +1,7 @@
 // `xensim run <scenario>`: one seed with a report, or many seeds with a summary; a failure
 // names the seed that replays it.
 
+import { GUEST_FIXES, isGuestFix } from "../guest/fixes.ts";
 import { dumpEvtchn } from "../toolstack/dump.ts";
 import { describeRun, loadScenario, runScenario, type Scenario, ScenarioError } from "../toolstack/scenario.ts";
 
@@ -9,6 +10,7 @@ export interface RunOptions {
   seeds?: number;
   dump?: string;
   quiet?: boolean;
+  disableFix?: string[];
 }
 
 export function runCommand(file: string, opts: RunOptions): number {
@@ -19,6 +21,13 @@ export function runCommand(file: string, opts: RunOptions): number {
   if (opts.seed !== undefined && opts.seeds !== undefined) {
     console.error("xensim run: give --seed or --seeds, not both");
     return 2;
+  }
+  const disableFixes = opts.disableFix ?? [];
+  for (const name of disableFixes) {
+    if (!isGuestFix(name)) {
+      console.error(`xensim run: unknown fix '${name}' (known: ${Object.keys(GUEST_FIXES).join(", ")})`);
+      return 2;
+    }
   }
   let sc: Scenario;
   try {
@@ -35,8 +44,9 @@ export function runCommand(file: string, opts: RunOptions): number {
   const many = seeds.length > 1;
   const showProgress = many && process.stderr.isTTY;
   if (!opts.quiet) console.log(`scenario ${sc.name}${sc.description ? `: ${sc.description}` : ""}`);
+  for (const name of disableFixes) console.log(`fix disabled: ${name}: ${GUEST_FIXES[name as keyof typeof GUEST_FIXES]}`);
   for (const seed of seeds) {
-    const r = runScenario(sc, seed);
+    const r = runScenario(sc, seed, { disableFixes });
     if (r.failures.length > 0) {
       failed.push(seed);
       if (showProgress) process.stderr.write("\r\x1b[K");

@@ -37,6 +37,8 @@ export class Events2L implements EvtchnBackend {
     nrCpus: number,
     private readonly hc: Hypercalls,
     private readonly timerPorts: () => Uint32Array,
+    /** False only when the "unmask-pending" fix is switched off, to show the lost edge. */
+    private readonly resendOnUnmask = true,
   ) {
     this.bpw = layout.width;
     this.nrPorts = layout.nrEvtchn2L;
@@ -105,7 +107,7 @@ export class Events2L implements EvtchnBackend {
     }
     // Clear the mask before looking at pending, so an event arriving in between is not lost.
     this.words[this.maskBase + (port >>> 5)]! &= ~(1 << (port & 31));
-    if (!this.isPending(port)) return;
+    if (!this.resendOnUnmask || !this.isPending(port)) return;
     // Like a real IO-APIC, the edge that arrived while masked is resent by hand.
     const L = this.layout;
     const vi = cpu.vcpuId * L.vcpu_info.size;

@@ -27,6 +27,8 @@ export class EventsFifo implements EvtchnBackend {
     nrCpus: number,
     private readonly hc: Hypercalls,
     private readonly pagesFrom: PageSource,
+    /** False only when the "unmask-pending" fix is switched off, to show the lost edge. */
+    private readonly linkOnUnmask = true,
   ) {
     this.controlBlocks = new Array(nrCpus);
     this.heads = Array.from({ length: nrCpus }, () => new Uint32Array(F.MAX_QUEUES));
@@ -108,7 +110,7 @@ export class EventsFifo implements EvtchnBackend {
     const i = port & 1023;
     const w = page[i]!;
     if (!(w & MASKED)) return;
-    if (w & PENDING) {
+    if (w & PENDING && this.linkOnUnmask) {
       this.hc.evtchnUnmask(cpu, port);
       return;
     }

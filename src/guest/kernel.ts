@@ -9,6 +9,7 @@ import type { EvtchnBackend } from "./evtchn_backend.ts";
 import { Events2L } from "./events_2l.ts";
 import { EventsFifo, type PageSource } from "./events_fifo.ts";
 import { XEN_IPI, XenEvents } from "./events.ts";
+import { disabledFixes } from "./fixes.ts";
 import { Hypercalls, type Scratch } from "./hypercalls.ts";
 import { pvclockRead } from "./pvclock.ts";
 import { SmpCalls } from "./smp.ts";
@@ -239,13 +240,14 @@ export class XenLinux implements GuestImage, Scratch, PageSource {
 
   private initEvents(cpu: GuestCpu): void {
     let backend: EvtchnBackend | undefined;
+    const unmaskFix = !disabledFixes(this.options.get("xensim.disable_fix")).has("unmask-pending");
     if (this.option("xen.fifo_events", "1") !== "0") {
-      const fifo = new EventsFifo(this.nrCpus, this.hc, this);
+      const fifo = new EventsFifo(this.nrCpus, this.hc, this, unmaskFix);
       // Falls back to 2-level if Xen refuses (as Linux does on -ENOSYS).
       if (fifo.initCpu(cpu, 0) === 0) backend = fifo;
     }
     if (!backend) {
-      const l2 = new Events2L(new Uint32Array(this.si.buffer), this.layout, this.nrCpus, this.hc, () => this.events.timerPorts);
+      const l2 = new Events2L(new Uint32Array(this.si.buffer), this.layout, this.nrCpus, this.hc, () => this.events.timerPorts, unmaskFix);
       for (let port = 0; port < l2.maxChannels(); port++) l2.mask(port);
       backend = l2;
     }
