@@ -23,7 +23,10 @@ export class Evtchn2L implements EvtchnPortOps {
     this.selShift = L.width === 64 ? 6 : 5;
   }
 
+  // Ports past the 2-level limit (left valid after a FIFO domain is reset) have no bits: Xen's
+  // 2-level ops check the limit too, rather than touch whatever follows the bitmaps.
   setPending(v: Vcpu, port: number): void {
+    if (port >= this.maxPorts) return;
     const w = this.words;
     const idx = this.pendingBase + (port >>> 5);
     const bit = 1 << (port & 31);
@@ -44,10 +47,12 @@ export class Evtchn2L implements EvtchnPortOps {
   }
 
   clearPending(port: number): void {
+    if (port >= this.maxPorts) return;
     this.words[this.pendingBase + (port >>> 5)]! &= ~(1 << (port & 31));
   }
 
   unmask(port: number): void {
+    if (port >= this.maxPorts) return;
     const w = this.words;
     const bit = 1 << (port & 31);
     const maskIdx = this.maskBase + (port >>> 5);
@@ -66,10 +71,12 @@ export class Evtchn2L implements EvtchnPortOps {
   }
 
   isPending(port: number): boolean {
+    if (port >= this.maxPorts) return false;
     return (this.words[this.pendingBase + (port >>> 5)]! & (1 << (port & 31))) !== 0;
   }
 
   isMasked(port: number): boolean {
+    if (port >= this.maxPorts) return true;
     return (this.words[this.maskBase + (port >>> 5)]! & (1 << (port & 31))) !== 0;
   }
 

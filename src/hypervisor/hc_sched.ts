@@ -55,6 +55,20 @@ export function doSchedOp(hv: Hypervisor, v: Vcpu, cmd: number, arg: number): nu
   }
 }
 
+/** The pre-3.0 sched_op (hypercall 6): yield and block as today, shutdown's reason by value. */
+export function doSchedOpCompat(hv: Hypervisor, v: Vcpu, cmd: number, arg: number): number {
+  switch (cmd) {
+    case SCHEDOP.yield:
+    case SCHEDOP.block:
+      return doSchedOp(hv, v, cmd, 0);
+    case SCHEDOP.shutdown:
+      hv.shutdownDomain(v.domain, arg >>> 0);
+      return 0;
+    default:
+      return -E.ENOSYS;
+  }
+}
+
 function doPoll(hv: Hypervisor, v: Vcpu, arg: number): number {
   const g = hv.guest;
   const L = v.domain.layout.sched_poll;
@@ -87,7 +101,8 @@ function doPoll(hv: Hypervisor, v: Vcpu, arg: number): number {
 export function doSetTimerOp(hv: Hypervisor, v: Vcpu, timeout: number): number {
   const now = hv.now(v);
   if (timeout === 0) v.singleshotDeadline = NO_DEADLINE;
-  else if (timeout < 0 || timeout - now >= HUGE_TIMEOUT_NS) v.singleshotDeadline = now + HUGE_TIMEOUT_FALLBACK_NS;
+  // Written so that a NaN register counts as huge too: a NaN deadline would stop virtual time.
+  else if (timeout < 0 || !(timeout - now < HUGE_TIMEOUT_NS)) v.singleshotDeadline = now + HUGE_TIMEOUT_FALLBACK_NS;
   else v.singleshotDeadline = Math.max(timeout, now);
   hv.timersChanged();
   return 0;

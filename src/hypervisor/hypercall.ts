@@ -4,7 +4,7 @@
 import { CALLBACK_REGISTER_64, EVTCHN_OP_COMPAT } from "../abi/layout.ts";
 import { CALLBACKOP, CALLBACKTYPE, XEN_ERRNO as E, HYPERVISOR, XENVER_version } from "../abi/xen.ts";
 import { doEventChannelOp } from "./hc_evtchn.ts";
-import { doSchedOp, doSetTimerOp, doVcpuOp } from "./hc_sched.ts";
+import { doSchedOp, doSchedOpCompat, doSetTimerOp, doVcpuOp } from "./hc_sched.ts";
 import { type Hypervisor, XenBug } from "./hypervisor.ts";
 import { FaultError } from "./paging.ts";
 import type { Vcpu } from "./vcpu.ts";
@@ -36,7 +36,7 @@ export function dispatchHypercall(
       case HYPERVISOR.sched_op:
         return doSchedOp(hv, v, a1, a2);
       case HYPERVISOR.sched_op_compat:
-        return doSchedOp(hv, v, a1, a2);
+        return doSchedOpCompat(hv, v, a1, a2);
       case HYPERVISOR.set_timer_op:
         return doSetTimerOp(hv, v, v.width === 64 ? a1 : (a1 >>> 0) + (a2 >>> 0) * 0x100000000);
       case HYPERVISOR.vcpu_op:

@@ -63,9 +63,16 @@ export class Scheduler {
       return p.clock + (p === this.stepPcpu ? this.stepCost : 0);
     }
     if (this.stepPcpu) return this.stepPcpu.clock + this.stepCost;
+    // The pCPUs with work set the time: an idle pCPU's clock stands still until it gets some
+    // (chooseVcpu moves it on then), so it must not hold the machine's time back for ever.
+    const waiting = this.runq.length > 0;
     let min = Number.POSITIVE_INFINITY;
-    for (const p of this.pcpus) if (p.clock < min) min = p.clock;
-    return min;
+    let minAll = Number.POSITIVE_INFINITY;
+    for (const p of this.pcpus) {
+      if (p.clock < minAll) minAll = p.clock;
+      if ((waiting || p.current?.runnable === true) && p.clock < min) min = p.clock;
+    }
+    return min === Number.POSITIVE_INFINITY ? minAll : min;
   }
 
   spend(ns: number): void {
