@@ -30,6 +30,8 @@ export class Events2L implements EvtchnBackend {
   private readonly portCpu: Uint16Array;
   private readonly curWord: Uint8Array;
   private readonly curBit: Uint8Array;
+  /** Per-CPU index of evtchn_pending_sel in the shared_info words. */
+  private readonly selWord: Uint32Array;
 
   constructor(
     private readonly words: Uint32Array,
@@ -48,6 +50,7 @@ export class Events2L implements EvtchnBackend {
     this.portCpu = new Uint16Array(this.nrPorts);
     this.curWord = new Uint8Array(nrCpus);
     this.curBit = new Uint8Array(nrCpus);
+    this.selWord = Uint32Array.from({ length: nrCpus }, (_, c) => (c * layout.vcpu_info.size + layout.vcpu_info.evtchn_pending_sel) >> 2);
     // All ports start on CPU 0, as in Linux's init_evtchn_cpu_bindings.
     this.cpuMask[0]!.fill(0xffffffff);
   }
@@ -124,6 +127,7 @@ export class Events2L implements EvtchnBackend {
     const c = cpu.vcpuId;
     const w = this.words;
     const bpw = this.bpw;
+    const wrap = bpw - 1;
     const halves = bpw === 64 ? 2 : 1;
     const cm = this.cpuMask[c]!;
     // The timer interrupt has the highest priority.
@@ -133,8 +137,7 @@ export class Events2L implements EvtchnBackend {
       const bit = 1 << (tport & 31);
       if (w[this.pendingBase + i]! & cm[i]! & ~w[this.maskBase + i]! & bit) handle(tport);
     }
-    const L = this.layout;
-    const selIdx = (c * L.vcpu_info.size + L.vcpu_info.evtchn_pending_sel) >> 2;
+    const selIdx = this.selWord[c]!;
     // xchg(&evtchn_pending_sel, 0)
     let selLo = w[selIdx]!;
     let selHi = halves === 2 ? w[selIdx + 1]! : 0;
@@ -158,8 +161,8 @@ export class Events2L implements EvtchnBackend {
         const bit = firstBitFrom(pLo, pHi, bitIdx);
         if (bit < 0) break;
         handle(wordIdx * bpw + bit);
-        bitIdx = (bit + 1) % bpw;
-        this.curWord[c] = bitIdx !== 0 ? wordIdx : (wordIdx + 1) % bpw;
+        bitIdx = (bit + 1) & wrap;
+        this.curWord[c] = bitIdx !== 0 ? wordIdx : (wordIdx + 1) & wrap;
         this.curBit[c] = bitIdx;
       } while (bitIdx !== 0);
       // The starting word is scanned twice, every other word once.
@@ -167,7 +170,7 @@ export class Events2L implements EvtchnBackend {
         if (wordIdx < 32) selLo &= ~(1 << wordIdx);
         else selHi &= ~(1 << (wordIdx - 32));
       }
-      wordIdx = (wordIdx + 1) % bpw;
+      wordIdx = (wordIdx + 1) & wrap;
     }
   }
 }

@@ -2,7 +2,7 @@
 // address anywhere inside becomes -EFAULT; anything else thrown is a hypervisor bug.
 
 import { CALLBACK_REGISTER_64, EVTCHN_OP_COMPAT } from "../abi/layout.ts";
-import { CALLBACKOP, CALLBACKTYPE, XEN_ERRNO as E, HYPERVISOR, XENVER_version } from "../abi/xen.ts";
+import { CALLBACKOP, CALLBACKTYPE, XEN_ERRNO as E, EVTCHNOP, HYPERVISOR, XENVER_version } from "../abi/xen.ts";
 import { doEventChannelOp } from "./hc_evtchn.ts";
 import { doSchedOp, doSchedOpCompat, doSetTimerOp, doVcpuOp } from "./hc_sched.ts";
 import { type Hypervisor, XenBug } from "./hypervisor.ts";
@@ -31,8 +31,13 @@ export function dispatchHypercall(
     switch (op) {
       case HYPERVISOR.event_channel_op:
         return doEventChannelOp(hv, v, a1, a2);
-      case HYPERVISOR.event_channel_op_compat:
-        return doEventChannelOp(hv, v, hv.guest.u32(v, a1 + EVTCHN_OP_COMPAT.cmd), a1 + EVTCHN_OP_COMPAT.u);
+      case HYPERVISOR.event_channel_op_compat: {
+        // The whole 28-byte struct is read, and only the ten pre-FIFO commands exist here.
+        hv.guest.check(v, a1, EVTCHN_OP_COMPAT.size, false);
+        const cmd = hv.guest.u32(v, a1 + EVTCHN_OP_COMPAT.cmd);
+        if (cmd > EVTCHNOP.unmask) return -E.ENOSYS;
+        return doEventChannelOp(hv, v, cmd, a1 + EVTCHN_OP_COMPAT.u);
+      }
       case HYPERVISOR.sched_op:
         return doSchedOp(hv, v, a1, a2);
       case HYPERVISOR.sched_op_compat:

@@ -46,12 +46,16 @@ export class Scheduler {
   private stepCost = 0;
   private stepPcpu: Pcpu | null = null;
   steps = 0;
+  private readonly stepNs: number;
+  private readonly jitterNs: number;
 
   constructor(
     readonly params: SchedParams,
     private readonly host: SchedHost,
   ) {
     this.rng = new Rng(params.seed);
+    this.stepNs = params.stepNs;
+    this.jitterNs = params.stepNs >> 1;
     this.pcpus = [];
     for (let id = 0; id < params.nrPcpus; id++) this.pcpus.push({ id, clock: 0, current: null, sliceEnd: 0 });
   }
@@ -134,8 +138,7 @@ export class Scheduler {
     this.stepPcpu = p;
     this.stepCost = 0;
     this.host.runVcpu(v);
-    const jitter = this.params.stepNs > 0 ? this.rng.below(this.params.stepNs >> 1) : 0;
-    p.clock += this.params.stepNs + jitter + this.stepCost;
+    p.clock += this.stepNs + this.rng.below(this.jitterNs) + this.stepCost;
     this.stepPcpu = null;
     this.stepCost = 0;
     return true;

@@ -96,10 +96,14 @@ export class Vcpu implements GuestCpu {
 
   /** vcpu_kick / vcpu_unblock. */
   kick(): void {
-    if (this.blocked && !this.pollPorts) {
-      this.blocked = false;
-      this.host.wake(this);
+    if (!this.blocked) return;
+    // A poller is blocked like anyone else: a new upcall ends its poll too (vcpu_unblock).
+    if (this.pollPorts) {
+      this.wakeFromPoll();
+      return;
     }
+    this.blocked = false;
+    this.host.wake(this);
   }
 
   wakeFromPoll(): void {
