@@ -45,19 +45,35 @@ function sum(m: Machine, f: (w: unknown) => number): number {
   return n;
 }
 
-/** Runs the machine for about `ms` of wall time; returns deliveries per wall second. */
-function measure(c: Case, abi: string, ms: number): number {
+/**
+ * Alternates rounds of the machine and of the raw baseline, so that drift in the host's speed
+ * hits both alike, and returns the median rate of each.
+ */
+function measure(c: Case, abi: string, ms: number): { value: number; baseline: number } {
   const m = buildMachine(parseScenario(c.scenario(abi), `${c.name}.cfg`), 1);
   // Boot and warm up (JIT) before timing.
   warm(m, 20_000);
-  const d0 = c.deliveries(m);
-  const t0 = performance.now();
-  let t = t0;
-  while (t - t0 < ms) {
-    for (let i = 0; i < 4096; i++) m.hv.sched.step();
-    t = performance.now();
+  rawBaseline(50);
+  const rounds = 5;
+  const values: number[] = [];
+  const baselines: number[] = [];
+  for (let r = 0; r < rounds; r++) {
+    const d0 = c.deliveries(m);
+    const t0 = performance.now();
+    let t = t0;
+    while (t - t0 < ms / rounds) {
+      for (let i = 0; i < 4096; i++) m.hv.sched.step();
+      t = performance.now();
+    }
+    values.push(((c.deliveries(m) - d0) * 1000) / (t - t0));
+    baselines.push(rawBaseline(ms / rounds));
   }
-  return ((c.deliveries(m) - d0) * 1000) / (t - t0);
+  return { value: median(values), baseline: median(baselines) };
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[s.length >> 1]!;
 }
 
 function warm(m: Machine, steps: number): void {
@@ -102,8 +118,7 @@ export function benchEvents(ms = 1000, progress: (line: string) => void = () => 
   for (const abi of ["2l", "fifo"]) {
     for (const c of CASES) {
       if (only && !only.includes(`${c.name}-${abi}`)) continue;
-      const value = measure(c, abi, ms);
-      const baseline = rawBaseline(Math.max(100, ms / 4));
+      const { value, baseline } = measure(c, abi, ms);
       const row = { name: `${c.name}-${abi}`, value: Math.round(value), unit: "deliveries/s", baseline: Math.round(baseline), ratio: value / baseline };
       progress(`${row.name}: ${row.value} ${row.unit} (baseline ${row.baseline}, ratio ${row.ratio.toFixed(3)})`);
       rows.push(row);

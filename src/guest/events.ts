@@ -61,6 +61,8 @@ export class XenEvents {
   /** Per-CPU lists of irqs waiting for a deferred EOI. */
   readonly eoiLists: number[][];
   readonly handlers = new Map<string, IrqHandler>();
+  /** The handler of each irq, looked up once from its name (irq_info keeps only the name). */
+  private readonly handlerFns: (IrqHandler | undefined)[] = [];
   /** Per-CPU loop state and port callbacks, made once so an upcall allocates nothing. */
   private readonly loopCtrl: EvtchnLoopCtrl[];
   private readonly upcallCpu: (GuestCpu | undefined)[];
@@ -207,6 +209,7 @@ export class XenEvents {
     if (!this.handlers.has(handler)) return -22;
     info.handler = handler;
     info.devId = devId;
+    this.handlerFns[irq] = this.handlers.get(handler);
     this.enableIrq(cpu, irq);
     return 0;
   }
@@ -252,6 +255,7 @@ export class XenEvents {
     if (!info) return;
     this.disableIrq(irq);
     info.handler = "";
+    this.handlerFns[irq] = undefined;
     this.unbindFromIrq(cpu, irq);
   }
 
@@ -478,7 +482,7 @@ export class XenEvents {
       return;
     } else this.ack(info);
     info.count++;
-    const fn = this.handlers.get(info.handler);
+    const fn = this.handlerFns[info.irq];
     if (fn) fn(cpu, info.irq, info.devId);
   }
 }
