@@ -27,6 +27,9 @@ export class GuestAccess {
   }
 
   u32(v: Vcpu, va: number): number {
+    const sp = v.domain.space;
+    const w = sp.directWordIndex(va);
+    if (w >= 0) return this.memory.u32(sp.p2m[w >>> 12]!)[(w & 4095) >>> 2]!;
     const ma = this.ma(v, va, false);
     const off = ma % XEN_PAGE_SIZE;
     if ((off & 3) === 0) return this.memory.u32(Math.floor(ma / XEN_PAGE_SIZE))[off >>> 2]!;
@@ -63,6 +66,12 @@ export class GuestAccess {
   }
 
   put32(v: Vcpu, va: number, value: number): void {
+    const sp = v.domain.space;
+    const w = sp.directWordIndex(va);
+    if (w >= 0) {
+      this.memory.u32(sp.p2m[w >>> 12]!)[(w & 4095) >>> 2] = value;
+      return;
+    }
     const ma = this.ma(v, va, true);
     const off = ma % XEN_PAGE_SIZE;
     if ((off & 3) === 0) {

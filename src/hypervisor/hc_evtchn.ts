@@ -20,6 +20,8 @@ import type { Vcpu } from "./vcpu.ts";
 export function doEventChannelOp(hv: Hypervisor, v: Vcpu, cmd: number, arg: number): number {
   const g = hv.guest;
   const d = v.domain;
+  // The hot one first.
+  if (cmd === EVTCHNOP.send) return evtchnSend(hv, d, g.u32(v, arg + EVTCHN_OP.send.port));
   switch (cmd) {
     case EVTCHNOP.alloc_unbound: {
       const L = EVTCHN_OP.alloc_unbound;
@@ -54,8 +56,6 @@ export function doEventChannelOp(hv: Hypervisor, v: Vcpu, cmd: number, arg: numb
       return -E.EPERM; // no physical IRQs are routed to PV guests here
     case EVTCHNOP.close:
       return evtchnClose(hv, d, g.u32(v, arg + EVTCHN_OP.close.port));
-    case EVTCHNOP.send:
-      return evtchnSend(hv, d, g.u32(v, arg + EVTCHN_OP.send.port));
     case EVTCHNOP.status: {
       const L = EVTCHN_OP.status;
       const st = evtchnStatus(hv, d, g.u16(v, arg + L.dom), g.u32(v, arg + L.port));

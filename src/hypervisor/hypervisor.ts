@@ -200,6 +200,11 @@ export class Hypervisor implements VcpuHost, SchedHost, EvtchnHost {
 
   contextSwitchIn(v: Vcpu, now: number): void {
     this.setRunstate(v, RUNSTATE.running, now);
+    // vcpu_periodic_timer_work: a vCPU with a period gets its timer armed when it runs.
+    if (v.periodicPeriod > 0 && v.periodicNext === NO_DEADLINE) {
+      v.periodicNext = now + v.periodicPeriod;
+      this.deadlineDirty = true;
+    }
     // update_vcpu_system_time: version odd while writing, even when consistent.
     const L = v.domain.layout;
     const dv = this.memory.dv(v.domain.sharedInfoMfn);

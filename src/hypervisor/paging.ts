@@ -22,7 +22,7 @@ export class AddressSpace {
   /** Virtual page number -> (mfn << 1 | writable), for update_va_mapping'd pages. */
   readonly singlePages = new Map<number, number>();
 
-  private readonly directMapSize: number;
+  readonly directMapSize: number;
 
   constructor(
     readonly directMapBase: number,
@@ -43,6 +43,16 @@ export class AddressSpace {
     const entry = this.singlePages.get(vpn);
     if (entry === undefined || (write && entry % 2 === 0)) return -1;
     return Math.floor(entry / 2) * XEN_PAGE_SIZE + (va - vpn * XEN_PAGE_SIZE);
+  }
+
+  /**
+   * The 32-bit word at `va` if it is an aligned direct-map address below 2 GiB (the common case,
+   * kept small so that it inlines), else -1 for the caller's general path.
+   */
+  directWordIndex(va: number): number {
+    const off = va - this.directMapBase;
+    if (off < 0 || off >= this.directMapSize || off >= 0x80000000 || (off & 3) !== 0) return -1;
+    return off;
   }
 
   /** The pfn a direct-map address stands for, or -1. */

@@ -138,6 +138,9 @@ export class Vcpu implements GuestCpu {
   }
 
   read32(va: number): number {
+    const sp = this.domain.space;
+    const w = sp.directWordIndex(va);
+    if (w >= 0) return this.host.memory.u32(sp.p2m[w >>> 12]!)[(w & 4095) >>> 2]!;
     const ma = this.translate(va, false);
     const off = ma % XEN_PAGE_SIZE;
     if ((off & 3) === 0) return this.host.memory.u32(Math.floor(ma / XEN_PAGE_SIZE))[off >>> 2]!;
@@ -155,6 +158,12 @@ export class Vcpu implements GuestCpu {
   }
 
   write32(va: number, value: number): void {
+    const sp = this.domain.space;
+    const w = sp.directWordIndex(va);
+    if (w >= 0) {
+      this.host.memory.u32(sp.p2m[w >>> 12]!)[(w & 4095) >>> 2] = value;
+      return;
+    }
     const ma = this.translate(va, true);
     const off = ma % XEN_PAGE_SIZE;
     if ((off & 3) === 0) {
