@@ -3,7 +3,7 @@
 
 import type { GuestImage } from "../abi/cpu.ts";
 import { PageFault } from "../abi/cpu.ts";
-import { RUNSTATE, VIRQ } from "../abi/xen.ts";
+import { RUNSTATE, SHUTDOWN, VIRQ } from "../abi/xen.ts";
 import { Domain, type DomainConfig } from "./domain.ts";
 import { ECS, type EvtchnHost, evtchnAllocUnbound, evtchnClose, sendGuestVirq } from "./evtchn.ts";
 import { GuestAccess } from "./guest_access.ts";
@@ -42,6 +42,8 @@ export class Hypervisor implements VcpuHost, SchedHost, EvtchnHost {
   readonly globalVirqHandlers = new Map<number, number>();
   readonly hypercallNs: number;
   private nextDomid = 0;
+  /** The last exception a guest kernel died of (a guest bug, kept for tests and reports). */
+  lastGuestError: unknown = undefined;
   private deadlineCache = NO_DEADLINE;
   private deadlineDirty = true;
 
@@ -150,7 +152,7 @@ export class Hypervisor implements VcpuHost, SchedHost, EvtchnHost {
   /** A guest did something its kernel could not survive (domain_crash). */
   crashDomain(d: Domain, why: string): void {
     this.log(`domain_crash called from ${d.name}: ${why}`);
-    this.shutdownDomain(d, 3);
+    this.shutdownDomain(d, SHUTDOWN.crash);
   }
 
   // ---- VcpuHost ----
@@ -194,9 +196,6 @@ export class Hypervisor implements VcpuHost, SchedHost, EvtchnHost {
       if (!(e instanceof PageFault)) this.lastGuestError = e;
     }
   }
-
-  /** The last exception a guest kernel died of (a guest bug, kept for tests and reports). */
-  lastGuestError: unknown = undefined;
 
   contextSwitchIn(v: Vcpu, now: number): void {
     this.setRunstate(v, RUNSTATE.running, now);
