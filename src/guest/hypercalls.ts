@@ -14,21 +14,22 @@ export class Hypercalls {
   constructor(private readonly s: Scratch) {}
 
   evtchnSend(cpu: GuestCpu, port: number): number {
-    const a = this.s.scratchVa(cpu);
-    cpu.write32(a + EVTCHN_OP.send.port, port);
-    return cpu.hypercall(HYPERVISOR.event_channel_op, EVTCHNOP.send, a);
+    return this.portOp(cpu, EVTCHNOP.send, port);
   }
 
   evtchnClose(cpu: GuestCpu, port: number): number {
-    const a = this.s.scratchVa(cpu);
-    cpu.write32(a + EVTCHN_OP.close.port, port);
-    return cpu.hypercall(HYPERVISOR.event_channel_op, EVTCHNOP.close, a);
+    return this.portOp(cpu, EVTCHNOP.close, port);
   }
 
   evtchnUnmask(cpu: GuestCpu, port: number): number {
+    return this.portOp(cpu, EVTCHNOP.unmask, port);
+  }
+
+  /** The ops whose struct is just `evtchn_port_t port` (send, close, unmask). */
+  private portOp(cpu: GuestCpu, cmd: number, port: number): number {
     const a = this.s.scratchVa(cpu);
-    cpu.write32(a + EVTCHN_OP.unmask.port, port);
-    return cpu.hypercall(HYPERVISOR.event_channel_op, EVTCHNOP.unmask, a);
+    cpu.write32(a, port);
+    return cpu.hypercall(HYPERVISOR.event_channel_op, cmd, a);
   }
 
   /** Returns the port, or -errno. */
