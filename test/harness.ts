@@ -8,6 +8,7 @@ import { HYPERVISOR, XEN_PAGE_SIZE } from "../src/abi/xen.ts";
 import type { Domain } from "../src/hypervisor/domain.ts";
 import { Hypervisor } from "../src/hypervisor/hypervisor.ts";
 import type { Vcpu } from "../src/hypervisor/vcpu.ts";
+import { buildPagetables, countPagetables } from "../src/toolstack/builder.ts";
 
 /** An image with no code of its own: entries and callbacks just count. */
 export class BareImage implements GuestImage {
@@ -51,7 +52,7 @@ export function bareDomain(
     },
     image,
   );
-  hv.setBootContext(d, image.entry, 0);
+  installPagetables(hv, d, image.entry);
   for (const v of d.vcpus) {
     v.initialised = true;
     v.down = false;
@@ -62,6 +63,22 @@ export function bareDomain(
   const base = layoutFor(width).PAGE_OFFSET;
   const va = (pfn: number) => base + pfn * XEN_PAGE_SIZE;
   return { d, v0: d.vcpus[0]!, image, arg: va(1), va };
+}
+
+/**
+ * Maps every page of `d` at PAGE_OFFSET with pinned pagetables in its last pages, makes them
+ * every vCPU's base pointer and sets vCPU 0's entry. Returns the root's mfn.
+ */
+export function installPagetables(hv: Hypervisor, d: Domain, entry: number): number {
+  const pages = d.p2m.length;
+  let nrPt = countPagetables(d.width, pages - 4, 0);
+  nrPt = countPagetables(d.width, pages - nrPt, 0);
+  const root = buildPagetables(hv, d, pages - nrPt, nrPt, pages);
+  if (hv.setBootContext(d, entry, 0, root) < 0) throw new Error("base pointer refused");
+  for (const v of d.vcpus) {
+    if (v.guestTable === 0 && hv.mm.getPageAndType(root, d.width === 64 ? 4 : 3, d) === 0) v.guestTable = root;
+  }
+  return root;
 }
 
 /** HYPERVISOR_event_channel_op(cmd, arg) from `v`, with `fill` writing the struct first. */

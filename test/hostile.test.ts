@@ -29,7 +29,7 @@ import { Hypervisor } from "../src/hypervisor/hypervisor.ts";
 import { auditEvtchn } from "../src/toolstack/audit.ts";
 import { buildDomain, setCmdline } from "../src/toolstack/builder.ts";
 import { Rng } from "../src/util/rng.ts";
-import { bareDomain, newHypervisor } from "./harness.ts";
+import { bareDomain, installPagetables, newHypervisor } from "./harness.ts";
 
 const TARGET_CALLS = 100_000;
 /** Errnos a hypercall may return (public/errno.h); ERESTART and EINTR never reach a guest. */
@@ -622,7 +622,7 @@ function runHostile(seed: number, opts: { width: GuestWidth; hostileWidth: Guest
     );
     img.attach(d);
     img.lastCallAt = hv.sched.now();
-    hv.setBootContext(d, img.entry, 0);
+    installPagetables(hv, d, img.entry);
     hv.unpauseDomain(d);
     hostiles[slot] = { d, img };
   };

@@ -6,7 +6,6 @@ import { Evtchn2L } from "./evtchn_2l.ts";
 import { EvtchnTable } from "./evtchn.ts";
 import { EvtchnFifo } from "./evtchn_fifo.ts";
 import type { EvtchnPortOps } from "./evtchn_ops.ts";
-import type { AddressSpace } from "./paging.ts";
 import type { Vcpu } from "./vcpu.ts";
 
 export type DomainState = "running" | "shutdown" | "dying";
@@ -42,7 +41,6 @@ export class Domain {
     readonly sharedInfoMfn: number,
     readonly sharedInfoWords: Uint32Array,
     readonly sharedInfoBytes: Uint8Array,
-    readonly space: AddressSpace,
     readonly image: GuestImage,
     private readonly globalVirqOwner: (virq: number) => number,
   ) {

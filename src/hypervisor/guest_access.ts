@@ -1,18 +1,27 @@
 // copy_from_guest / copy_to_guest: struct arguments read and written at guest virtual
-// addresses through the calling vCPU's address space. A bad address throws FaultError, which
+// addresses through the calling vCPU's TLB and pagetables. A bad address throws FaultError, which
 // the hypercall entry turns into -EFAULT.
 
 import { XEN_PAGE_SIZE } from "../abi/xen.ts";
 import type { MachineMemory } from "./memory.ts";
-import { FaultError } from "./paging.ts";
 import type { Vcpu } from "./vcpu.ts";
+
+/** Thrown inside the hypervisor when a guest address does not translate; becomes -EFAULT. */
+export class FaultError extends Error {
+  constructor(
+    readonly va: number,
+    readonly write: boolean,
+  ) {
+    super("guest fault");
+  }
+}
 
 export class GuestAccess {
   constructor(private readonly memory: MachineMemory) {}
 
   private ma(v: Vcpu, va: number, write: boolean): number {
     // NaN and infinities fail translation like any unmapped address.
-    const ma = v.domain.space.translate(va, write);
+    const ma = v.translate(va, write);
     if (ma < 0) throw new FaultError(va, write);
     return ma;
   }
@@ -27,9 +36,6 @@ export class GuestAccess {
   }
 
   u32(v: Vcpu, va: number): number {
-    const sp = v.domain.space;
-    const w = sp.directWordIndex(va);
-    if (w >= 0) return this.memory.u32(sp.p2m[w >>> 12]!)[(w & 4095) >>> 2]!;
     const ma = this.ma(v, va, false);
     const off = ma % XEN_PAGE_SIZE;
     if ((off & 3) === 0) return this.memory.u32(Math.floor(ma / XEN_PAGE_SIZE))[off >>> 2]!;
@@ -66,12 +72,6 @@ export class GuestAccess {
   }
 
   put32(v: Vcpu, va: number, value: number): void {
-    const sp = v.domain.space;
-    const w = sp.directWordIndex(va);
-    if (w >= 0) {
-      this.memory.u32(sp.p2m[w >>> 12]!)[(w & 4095) >>> 2] = value;
-      return;
-    }
     const ma = this.ma(v, va, true);
     const off = ma % XEN_PAGE_SIZE;
     if ((off & 3) === 0) {

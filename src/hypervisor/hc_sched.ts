@@ -4,6 +4,7 @@
 import { SCHED_SHUTDOWN, VCPU_SET_PERIODIC_TIMER } from "../abi/layout.ts";
 import { XEN_ERRNO as E, SCHEDOP, VCPU_SSHOTTMR_future, VCPUOP, VGCF_online } from "../abi/xen.ts";
 import { ECS } from "./evtchn.ts";
+import { PGT } from "./page_info.ts";
 import type { Hypervisor } from "./hypervisor.ts";
 import { NO_DEADLINE, type Vcpu } from "./vcpu.ts";
 
@@ -119,6 +120,13 @@ export function doVcpuOp(hv: Hypervisor, v: Vcpu, cmd: number, vcpuId: number, a
       const C = d.layout.vcpu_guest_context;
       g.check(v, arg, C.size, false);
       const flags = g.ulong(v, arg + C.flags);
+      // ctrlreg[3] is the base pointer, encoded as xen_pfn_to_cr3 does for the guest's width.
+      const cr3 = g.ulong(v, arg + C.ctrlreg + 3 * (v.width / 8));
+      const baseMfn = v.width === 64 ? Math.floor(cr3 / 4096) : ((cr3 >>> 12) | (cr3 << 20)) >>> 0;
+      const rc = hv.mm.getPageAndType(baseMfn, v.width === 64 ? PGT.l4 : PGT.l3, d);
+      if (rc < 0) return rc;
+      if (target.guestTable !== 0) hv.mm.putPageAndType(target.guestTable);
+      target.guestTable = baseMfn;
       target.startAddress = g.pointer(v, arg + C.user_regs_ip);
       target.startArg = g.pointer(v, arg + C.user_regs_sp);
       target.eventCallback = g.pointer(v, arg + C.event_callback_eip);

@@ -6,16 +6,12 @@ import { CALLBACKOP, CALLBACKTYPE, XEN_ERRNO as E, EVTCHNOP, HYPERVISOR, XENVER_
 import { doEventChannelOp } from "./hc_evtchn.ts";
 import { doSchedOp, doSchedOpCompat, doSetTimerOp, doVcpuOp } from "./hc_sched.ts";
 import { type Hypervisor, XenBug } from "./hypervisor.ts";
-import { FaultError } from "./paging.ts";
+import { FaultError } from "./guest_access.ts";
+import { doMmuextOp, doMmuUpdate, doMulticall, doUpdateVaMapping } from "./hc_mm.ts";
 import type { Vcpu } from "./vcpu.ts";
 
 const XEN_VERSION = (4 << 16) | 17;
 const CONSOLEIO_write = 0;
-const PTE_PRESENT = 1;
-const PTE_RW = 2;
-/** Bits 12-51 of a PTE hold the frame number. */
-const PTE_MFN_DIVISOR = 4096;
-const PTE_MFN_LIMIT = 2 ** 40;
 
 export function dispatchHypercall(
   hv: Hypervisor,
@@ -25,7 +21,7 @@ export function dispatchHypercall(
   a2: number,
   a3: number,
   a4: number,
-  _a5: number,
+  a5: number,
 ): number {
   try {
     switch (op) {
@@ -55,8 +51,18 @@ export function dispatchHypercall(
       case HYPERVISOR.console_io:
         return consoleIo(hv, v, a1, a2, a3);
       case HYPERVISOR.update_va_mapping:
-        return v.width === 64 ? updateVaMapping(hv, v, a1, a2) : updateVaMapping(hv, v, a1, (a2 >>> 0) + (a3 >>> 0) * 2 ** 32);
+        // x86_64: (va, pte, flags); i386: (va, pte_lo, pte_hi, flags).
+        return v.width === 64
+          ? doUpdateVaMapping(hv, v, a1, a2 >>> 0, Math.floor(a2 / 2 ** 32) >>> 0, a3)
+          : doUpdateVaMapping(hv, v, a1 >>> 0, a2 >>> 0, a3 >>> 0, a4 >>> 0);
+      case HYPERVISOR.mmu_update:
+        return doMmuUpdate(hv, v, a1, a2, a3, a4 >>> 0);
+      case HYPERVISOR.mmuext_op:
+        return doMmuextOp(hv, v, a1, a2, a3, a4 >>> 0);
+      case HYPERVISOR.multicall:
+        return doMulticall(hv, v, a1, a2, (op, b1, b2, b3, b4, b5) => dispatchHypercall(hv, v, op, b1, b2, b3, b4, b5));
       default:
+        void a5;
         return -E.ENOSYS;
     }
   } catch (e) {
@@ -111,23 +117,5 @@ function consoleIo(hv: Hypervisor, v: Vcpu, cmd: number, count: number, buffer: 
   let text = "";
   for (let i = 0; i < n; i++) text += String.fromCharCode(hv.guest.u8(v, buffer + i));
   for (const line of text.split("\n")) if (line.length > 0) hv.log(`(d${v.domain.domid}) ${line}`);
-  return 0;
-}
-
-/**
- * update_va_mapping, for the single-page mappings the current address-space model has (the
- * kernel direct map itself cannot be changed yet). The frame must belong to the caller.
- */
-function updateVaMapping(hv: Hypervisor, v: Vcpu, va: number, pte: number): number {
-  const space = v.domain.space;
-  if (!Number.isInteger(va) || space.directMapPfn(va) >= 0) return -E.EINVAL;
-  if (!Number.isInteger(pte) || pte < 0) return -E.EINVAL;
-  if (pte % 2 !== PTE_PRESENT) {
-    space.unmapSingle(va);
-    return 0;
-  }
-  const mfn = Math.floor(pte / PTE_MFN_DIVISOR) % PTE_MFN_LIMIT;
-  if (!hv.frameOwnedBy(v.domain, mfn)) return -E.EINVAL;
-  space.mapSingle(va, mfn, Math.floor(pte / PTE_RW) % 2 === 1);
   return 0;
 }

@@ -9,7 +9,8 @@ import { ECS, type EvtchnHost, evtchnAllocUnbound, evtchnClose, sendGuestVirq } 
 import { GuestAccess } from "./guest_access.ts";
 import { dispatchHypercall } from "./hypercall.ts";
 import { MachineMemory } from "./memory.ts";
-import { AddressSpace } from "./paging.ts";
+import { PvMm } from "./mm.ts";
+import { PGT } from "./page_info.ts";
 import { DEFAULT_SCHED, type SchedHost, type SchedParams, Scheduler } from "./sched.ts";
 import { NO_DEADLINE, Vcpu, type VcpuHost } from "./vcpu.ts";
 
@@ -33,6 +34,7 @@ export interface ConsoleLine {
 
 export class Hypervisor implements VcpuHost, SchedHost, EvtchnHost {
   readonly memory: MachineMemory;
+  readonly mm: PvMm;
   readonly guest: GuestAccess;
   readonly sched: Scheduler;
   readonly domains = new Map<number, Domain>();
@@ -49,6 +51,7 @@ export class Hypervisor implements VcpuHost, SchedHost, EvtchnHost {
 
   constructor(params: Partial<HypervisorParams> = {}) {
     this.memory = new MachineMemory(params.nrFrames ?? 1 << 20);
+    this.mm = new PvMm(this.memory, (domid) => this.domains.get(domid));
     this.guest = new GuestAccess(this.memory);
     this.hypercallNs = params.hypercallNs ?? 50;
     this.nextDomid = params.firstDomid ?? 0;
@@ -71,10 +74,10 @@ export class Hypervisor implements VcpuHost, SchedHost, EvtchnHost {
     const domid = this.nextDomid++;
     const mfns = this.memory.alloc(domid, config.nrPages + 1);
     if (!mfns) throw new Error(`out of machine memory: ${config.nrPages} pages wanted, ${this.memory.framesFree} free`);
+    for (const mfn of mfns) this.mm.allocated(mfn);
     const sharedInfoMfn = mfns.pop()!;
     const p2m = Uint32Array.from(mfns);
     for (let pfn = 0; pfn < p2m.length; pfn++) this.memory.m2p[p2m[pfn]!] = pfn;
-    const space = new AddressSpace(config.width === 64 ? -0x778000000000 : 0xc0000000, p2m);
     const d = new Domain(
       domid,
       config,
@@ -82,7 +85,6 @@ export class Hypervisor implements VcpuHost, SchedHost, EvtchnHost {
       sharedInfoMfn,
       this.memory.u32(sharedInfoMfn),
       this.memory.u8(sharedInfoMfn),
-      space,
       image,
       (virq) => this.globalVirqHandlers.get(virq) ?? 0,
     );
@@ -98,13 +100,25 @@ export class Hypervisor implements VcpuHost, SchedHost, EvtchnHost {
     return d;
   }
 
-  /** Sets vCPU 0's entry point (what the domain builder puts in its initial context). */
-  setBootContext(d: Domain, entry: number, arg: number): void {
+  /**
+   * vCPU 0's initial context from the domain builder: entry point, its argument, and the
+   * base pointer, which takes a root type reference (arch_set_info_guest). Returns 0 or -errno.
+   */
+  setBootContext(d: Domain, entry: number, arg: number, baseMfn: number): number {
     const v = d.vcpus[0]!;
+    const rc = this.mm.getPageAndType(baseMfn, d.width === 64 ? PGT.l4 : PGT.l3, d);
+    if (rc < 0) return rc;
+    v.guestTable = baseMfn;
     v.startAddress = entry;
     v.startArg = arg;
     v.initialised = true;
     v.down = false;
+    return 0;
+  }
+
+  /** MMUEXT_PIN_Ln_TABLE issued by the toolstack for `d` (foreigndom = d). Returns 0 or -errno. */
+  pinTableFor(d: Domain, mfn: number, level: number): number {
+    return this.mm.pin(mfn, level, d);
   }
 
   pauseDomain(d: Domain): void {
@@ -136,12 +150,33 @@ export class Hypervisor implements VcpuHost, SchedHost, EvtchnHost {
     for (let port = 1; port < d.evtchn.validPorts; port++) {
       if (d.evtchn.state[port] !== ECS.FREE) evtchnClose(this, d, port);
     }
-    for (let mfn = 0; mfn < this.memory.nrFrames; mfn++) {
-      if (this.memory.owner[mfn] === d.domid) this.memory.free(mfn);
-    }
+    this.relinquishMemory(d);
     this.domains.delete(d.domid);
     this.log(`Destroyed domain ${d.domid} (${d.name})`);
     this.raiseDomExc();
+  }
+
+  /**
+   * domain_relinquish_resources: base pointers and pins are dropped (tearing down the tables
+   * they held), then each frame's allocation reference. A frame someone else still maps stays
+   * until that reference goes.
+   */
+  private relinquishMemory(d: Domain): void {
+    const mm = this.mm;
+    for (const v of d.vcpus) {
+      for (const mfn of [v.guestTable, v.guestTableUser]) if (mfn !== 0) mm.putPageAndType(mfn);
+      v.guestTable = 0;
+      v.guestTableUser = 0;
+    }
+    const owned: number[] = [];
+    for (let mfn = 0; mfn < this.memory.nrFrames; mfn++) if (this.memory.owner[mfn] === d.domid) owned.push(mfn);
+    for (const mfn of owned) {
+      if (mm.pages.pinned(mfn)) {
+        mm.pages.setPinned(mfn, false);
+        mm.putPageAndType(mfn);
+      }
+    }
+    for (const mfn of owned) if (mm.pages.count[mfn]! > 0) mm.putPage(mfn);
   }
 
   private raiseDomExc(): void {

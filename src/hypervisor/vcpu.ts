@@ -1,11 +1,12 @@
 // A virtual CPU: Xen's scheduling and event state for it, and the CPU the guest kernel runs on
-// (it implements GuestCpu: hypercalls, loads and stores through the domain's address space).
+// (it implements GuestCpu: hypercalls, and loads and stores through its TLB and pagetables).
 
 import { type GuestCpu, PageFault } from "../abi/cpu.ts";
 import type { GuestWidth } from "../abi/layout.ts";
 import { NR_VIRQS, RUNSTATE, XEN_PAGE_SIZE } from "../abi/xen.ts";
 import type { Domain } from "./domain.ts";
 import type { MachineMemory } from "./memory.ts";
+import { TLB_INDEX_MASK, Tlb, walk } from "./tlb.ts";
 
 /** What a vCPU needs from the hypervisor around it. */
 export interface VcpuHost {
@@ -55,6 +56,14 @@ export class Vcpu implements GuestCpu {
   hypercalls = 0;
   upcalls = 0;
   private inUpcall = false;
+  readonly tlb = new Tlb();
+  /** guest_table: the base pointer (L4, or a 32-bit guest's L3) this vCPU runs on, 0 if none. */
+  guestTable = 0;
+  /** guest_table_user (x86_64): the user-mode L4, 0 if none. */
+  guestTableUser = 0;
+  inMulticall = false;
+  ldtBase = 0;
+  ldtEnts = 0;
 
   constructor(
     readonly id: number,
@@ -133,18 +142,21 @@ export class Vcpu implements GuestCpu {
   }
 
   read8(va: number): number {
-    const ma = this.translate(va, false);
+    const ma = this.translateOrFault(va, false);
     return this.host.memory.u8(Math.floor(ma / XEN_PAGE_SIZE))[ma % XEN_PAGE_SIZE]!;
   }
 
   read32(va: number): number {
-    const sp = this.domain.space;
-    const w = sp.directWordIndex(va);
-    if (w >= 0) return this.host.memory.u32(sp.p2m[w >>> 12]!)[(w & 4095) >>> 2]!;
-    const ma = this.translate(va, false);
-    const off = ma % XEN_PAGE_SIZE;
-    if ((off & 3) === 0) return this.host.memory.u32(Math.floor(ma / XEN_PAGE_SIZE))[off >>> 2]!;
-    if (off <= XEN_PAGE_SIZE - 4) return this.host.memory.dv(Math.floor(ma / XEN_PAGE_SIZE)).getUint32(off, true);
+    // The TLB hit on an aligned word, kept small so that it inlines.
+    const vpn = Math.floor(va / XEN_PAGE_SIZE);
+    const t = this.tlb;
+    const i = vpn & TLB_INDEX_MASK;
+    const off = va - vpn * XEN_PAGE_SIZE;
+    if (t.gen[i] === t.curGen && t.tag[i] === vpn && (off & 3) === 0) return this.host.memory.u32(t.frame[i]!)[off >>> 2]!;
+    const ma = this.translateOrFault(va, false);
+    const o = ma % XEN_PAGE_SIZE;
+    if ((o & 3) === 0) return this.host.memory.u32(Math.floor(ma / XEN_PAGE_SIZE))[o >>> 2]!;
+    if (o <= XEN_PAGE_SIZE - 4) return this.host.memory.dv(Math.floor(ma / XEN_PAGE_SIZE)).getUint32(o, true);
     return (this.read8(va) | (this.read8(va + 1) << 8) | (this.read8(va + 2) << 16) | (this.read8(va + 3) << 24)) >>> 0;
   }
 
@@ -153,28 +165,30 @@ export class Vcpu implements GuestCpu {
   }
 
   write8(va: number, value: number): void {
-    const ma = this.translate(va, true);
+    const ma = this.translateOrFault(va, true);
     this.host.memory.u8(Math.floor(ma / XEN_PAGE_SIZE))[ma % XEN_PAGE_SIZE] = value;
   }
 
   write32(va: number, value: number): void {
-    const sp = this.domain.space;
-    const w = sp.directWordIndex(va);
-    if (w >= 0) {
-      this.host.memory.u32(sp.p2m[w >>> 12]!)[(w & 4095) >>> 2] = value;
+    const vpn = Math.floor(va / XEN_PAGE_SIZE);
+    const t = this.tlb;
+    const i = vpn & TLB_INDEX_MASK;
+    const off = va - vpn * XEN_PAGE_SIZE;
+    if (t.gen[i] === t.curGen && t.tag[i] === vpn && t.writable[i] === 1 && (off & 3) === 0) {
+      this.host.memory.u32(t.frame[i]!)[off >>> 2] = value;
       return;
     }
-    const ma = this.translate(va, true);
-    const off = ma % XEN_PAGE_SIZE;
-    if ((off & 3) === 0) {
-      this.host.memory.u32(Math.floor(ma / XEN_PAGE_SIZE))[off >>> 2] = value;
+    const ma = this.translateOrFault(va, true);
+    const o = ma % XEN_PAGE_SIZE;
+    if ((o & 3) === 0) {
+      this.host.memory.u32(Math.floor(ma / XEN_PAGE_SIZE))[o >>> 2] = value;
       return;
     }
-    if (off <= XEN_PAGE_SIZE - 4) {
-      this.host.memory.dv(Math.floor(ma / XEN_PAGE_SIZE)).setUint32(off, value >>> 0, true);
+    if (o <= XEN_PAGE_SIZE - 4) {
+      this.host.memory.dv(Math.floor(ma / XEN_PAGE_SIZE)).setUint32(o, value >>> 0, true);
       return;
     }
-    for (let i = 0; i < 4; i++) this.write8(va + i, (value >>> (8 * i)) & 0xff);
+    for (let k = 0; k < 4; k++) this.write8(va + k, (value >>> (8 * k)) & 0xff);
   }
 
   write64(va: number, value: number): void {
@@ -185,11 +199,35 @@ export class Vcpu implements GuestCpu {
   }
 
   pageWords(va: number): Uint32Array {
-    return this.host.memory.u32(Math.floor(this.translate(va, false) / XEN_PAGE_SIZE));
+    return this.host.memory.u32(Math.floor(this.translateOrFault(va, false) / XEN_PAGE_SIZE));
   }
 
-  private translate(va: number, write: boolean): number {
-    const ma = this.domain.space.translate(va, write);
+  /**
+   * The machine address of `va` through the TLB, walking the pagetables on a miss; -1 where the
+   * CPU would fault. A write through a read-only entry drops the entry, as a #PF does.
+   */
+  translate(va: number, write: boolean): number {
+    const vpn = Math.floor(va / XEN_PAGE_SIZE);
+    const t = this.tlb;
+    const i = vpn & TLB_INDEX_MASK;
+    if (t.gen[i] === t.curGen && t.tag[i] === vpn) {
+      if (write && t.writable[i] === 0) {
+        t.gen[i] = 0;
+        return -1;
+      }
+      return t.frame[i]! * XEN_PAGE_SIZE + (va - vpn * XEN_PAGE_SIZE);
+    }
+    const e = walk(this.host.memory, this.width, this.guestTable, va);
+    if (e < 0) return -1;
+    const writable = e % 2 === 1;
+    if (write && !writable) return -1;
+    const mfn = (e - (e % 2)) / 2;
+    t.fill(vpn, mfn, writable);
+    return mfn * XEN_PAGE_SIZE + (va - vpn * XEN_PAGE_SIZE);
+  }
+
+  private translateOrFault(va: number, write: boolean): number {
+    const ma = this.translate(va, write);
     if (ma < 0) throw new PageFault(va, write);
     return ma;
   }

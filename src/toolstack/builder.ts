@@ -1,9 +1,21 @@
 // The PV domain builder (libxenguest's xc_dom_* for a PV kernel): creates the domain, lays out
 // its first pages (kernel, start_info, the p2m list, xenstore and console pages) and fills
-// start_info, writing into guest frames through foreign mappings as libxc does.
+// start_info, builds the initial pagetables and pins them, writing into guest frames through
+// foreign mappings as libxc does.
 
 import type { GuestImage } from "../abi/cpu.ts";
 import { type GuestWidth, layoutFor } from "../abi/layout.ts";
+import {
+  _PAGE_ACCESSED,
+  _PAGE_DIRTY,
+  _PAGE_PRESENT,
+  _PAGE_RW,
+  _PAGE_USER,
+  PTES_PER_TABLE,
+  pteHi,
+  pteLo,
+  tableIndex,
+} from "../abi/x86.ts";
 import { SIF_INITDOMAIN, SIF_PRIVILEGED, XEN_PAGE_SIZE } from "../abi/xen.ts";
 import type { Domain } from "../hypervisor/domain.ts";
 import type { Hypervisor } from "../hypervisor/hypervisor.ts";
@@ -50,7 +62,8 @@ export function buildDomain(hv: Hypervisor, spec: DomainSpec, image: GuestImage)
   const storePfn = mfnListPfn + mfnListPages;
   const consolePfn = storePfn + 1;
   const ptBasePfn = consolePfn + 1;
-  if (ptBasePfn + 64 > nrPages) throw new Error(`${spec.name}: ${spec.memoryMiB} MiB is too small to boot`);
+  const nrPtFrames = countPagetables(spec.width, ptBasePfn, BOOTSTRAP_PAGES);
+  if (ptBasePfn + nrPtFrames + BOOTSTRAP_PAGES > nrPages) throw new Error(`${spec.name}: ${spec.memoryMiB} MiB is too small to boot`);
 
   // The p2m list the guest reads its pfn -> mfn translations from.
   for (let pfn = 0; pfn < nrPages; pfn++) {
@@ -71,14 +84,74 @@ export function buildDomain(hv: Hypervisor, spec: DomainSpec, image: GuestImage)
   putUlong(si, S.console_mfn, d.p2m[consolePfn]!, L.ulong);
   si.setUint32(S.console_evtchn, 0, true);
   putUlong(si, S.pt_base, va(ptBasePfn), L.ulong);
-  putUlong(si, S.nr_pt_frames, 0, L.ulong);
+  putUlong(si, S.nr_pt_frames, nrPtFrames, L.ulong);
   putUlong(si, S.mfn_list, va(mfnListPfn), L.ulong);
   setCmdline(hv, d, startInfoPfn, spec.cmdline);
 
   // PV vCPUs start with event delivery masked; the kernel unmasks when it is ready.
   for (const v of d.vcpus) v.setUpcallMask(true);
-  hv.setBootContext(d, image.entry, va(startInfoPfn));
+  const rootMfn = buildPagetables(hv, d, ptBasePfn, nrPtFrames, ptBasePfn + nrPtFrames + BOOTSTRAP_PAGES);
+  const rc = hv.setBootContext(d, image.entry, va(startInfoPfn), rootMfn);
+  if (rc < 0) throw new Error(`${spec.name}: the initial base pointer was refused (${rc})`);
   return { domain: d, startInfoPfn, storePfn, consolePfn };
+}
+
+/** The pages mapped beyond the pagetables, for the kernel's first allocations (xc_dom's 512 KiB). */
+export const BOOTSTRAP_PAGES = 128;
+const UPPER_PROT = _PAGE_PRESENT | _PAGE_RW | _PAGE_USER | _PAGE_ACCESSED | _PAGE_DIRTY;
+const L1_PROT = _PAGE_PRESENT | _PAGE_RW | _PAGE_ACCESSED | _PAGE_DIRTY;
+
+/**
+ * How many pagetable frames map everything up to `extra` pages past themselves when they sit
+ * at `ptBasePfn` (count_pgtables): the root, an L3 on x86_64, one L2, and the L1s.
+ */
+export function countPagetables(width: GuestWidth, ptBasePfn: number, extra: number): number {
+  const upper = width === 64 ? 3 : 2;
+  let nr = upper + 1;
+  for (;;) {
+    const l1s = Math.ceil((ptBasePfn + nr + extra) / PTES_PER_TABLE);
+    if (upper + l1s === nr) return nr;
+    nr = upper + l1s;
+  }
+}
+
+/**
+ * The initial pagetables, laid out from `ptBasePfn` as xc_dom_x86 does: the root, then an L3
+ * (x86_64) and the L2 for the kernel's range, then the L1s, mapping pfns [0, mapped) at
+ * PAGE_OFFSET, with the pagetable frames themselves read-only. The root is pinned for the
+ * guest (MMUEXT_PIN_L4_TABLE, or PIN_L3 for PAE, from the toolstack). Returns the root's mfn.
+ */
+export function buildPagetables(hv: Hypervisor, d: Domain, ptBasePfn: number, nrPt: number, mappedPages: number): number {
+  const width = d.width;
+  const upper = width === 64 ? 3 : 2;
+  const mapped = Math.min(d.p2m.length, mappedPages);
+  const mfn = (pfn: number) => d.p2m[pfn]!;
+  const put = (tablePfn: number, slot: number, target: number, flags: number) => {
+    const words = hv.memory.u32(mfn(tablePfn));
+    words[slot * 2] = pteLo(mfn(target), flags);
+    words[slot * 2 + 1] = pteHi(mfn(target));
+  };
+  const base = layoutFor(width).PAGE_OFFSET;
+  const rootPfn = ptBasePfn;
+  const l2Pfn = ptBasePfn + upper - 1;
+  if (width === 64) {
+    put(rootPfn, tableIndex(64, base, 4), ptBasePfn + 1, UPPER_PROT);
+    put(ptBasePfn + 1, tableIndex(64, base, 3), l2Pfn, UPPER_PROT);
+  } else {
+    // PAE top-level entries carry only the present bit.
+    put(rootPfn, tableIndex(32, base, 3), l2Pfn, _PAGE_PRESENT);
+  }
+  const firstL1 = ptBasePfn + upper;
+  for (let pfn = 0; pfn < mapped; pfn++) {
+    const l1 = firstL1 + Math.floor(pfn / PTES_PER_TABLE);
+    if (pfn % PTES_PER_TABLE === 0) put(l2Pfn, tableIndex(width, base, 2) + pfn / PTES_PER_TABLE, l1, UPPER_PROT);
+    const isPagetable = pfn >= ptBasePfn && pfn < ptBasePfn + nrPt;
+    put(l1, pfn % PTES_PER_TABLE, pfn, isPagetable ? L1_PROT & ~_PAGE_RW : L1_PROT);
+  }
+  const root = mfn(rootPfn);
+  const rc = hv.pinTableFor(d, root, width === 64 ? 4 : 3);
+  if (rc < 0) throw new Error(`${d.name}: pinning the initial pagetables failed (${rc})`);
+  return root;
 }
 
 function putUlong(dv: DataView, off: number, value: number, size: 4 | 8): void {
