@@ -914,7 +914,15 @@ for (const width of [64, 32] as const) {
       assert.equal(g.vcpuOp(VCPUOP.up, 2), -E.EINVAL);
       assert.equal(g.vcpuOp(VCPUOP.is_up, 2), 0);
       const ctx = g.b.va(4);
+      // A context without a base pointer (ctrlreg[3] = 0) is refused.
+      assert.equal(g.vcpuOp(VCPUOP.initialise, 2, ctx), -E.EINVAL);
+      const C = layoutFor(width).vcpu_guest_context;
+      const root = g.b.v0.guestTable;
+      const cr3 = width === 64 ? root * 4096 : ((root << 12) | (root >>> 20)) >>> 0;
+      if (width === 64) g.b.v0.write64(ctx + C.ctrlreg + 24, cr3);
+      else g.b.v0.write32(ctx + C.ctrlreg + 12, cr3);
       assert.equal(g.vcpuOp(VCPUOP.initialise, 2, ctx), 0);
+      assert.equal(v2.guestTable, root);
       assert.equal(g.vcpuOp(VCPUOP.initialise, 2, ctx), -E.EEXIST);
       assert.equal(g.vcpuOp(VCPUOP.initialise, 0, ctx), -E.EEXIST);
       assert.equal(g.vcpuOp(VCPUOP.up, 2), 0);

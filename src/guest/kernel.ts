@@ -4,20 +4,22 @@
 
 import type { GuestCpu, GuestImage } from "../abi/cpu.ts";
 import { type GuestWidth, type Layout, layoutFor } from "../abi/layout.ts";
-import { CALLBACKTYPE, HYPERVISOR, UVMF, VCPUOP, VGCF_in_kernel, VGCF_online, VIRQ, XEN_PAGE_SIZE } from "../abi/xen.ts";
+import { CALLBACKTYPE, HYPERVISOR, VCPUOP, VGCF_in_kernel, VGCF_online, VIRQ, XEN_PAGE_SIZE } from "../abi/xen.ts";
 import type { EvtchnBackend } from "./evtchn_backend.ts";
 import { Events2L } from "./events_2l.ts";
 import { EventsFifo, type PageSource } from "./events_fifo.ts";
 import { XEN_IPI, XenEvents } from "./events.ts";
 import { disabledFixes } from "./fixes.ts";
 import { Hypercalls, type Scratch } from "./hypercalls.ts";
+import { bootPagetables, FIX_SHARED_INFO } from "./mm_boot.ts";
+import { XenMmu } from "./mmu.ts";
+import { Multicalls } from "./multicalls.ts";
 import { pvclockRead } from "./pvclock.ts";
 import { SmpCalls } from "./smp.ts";
+import { Rng } from "../util/rng.ts";
 
 /** Kernel text addresses, relative to PAGE_OFFSET (the image is loaded at pfn 0). */
 const SYM = { startup_xen: 0x1000, xen_hypervisor_callback: 0x1100, xen_failsafe_callback: 0x1200, cpu_bringup_and_idle: 0x1300 };
-/** The fixmap slot Linux maps shared_info at, as an offset below the top of the address space. */
-const FIX_SHARED_INFO = { 64: -0xa00000, 32: 0xf5000000 } as const;
 export const HZ = 250;
 export const TICK_NS = 1_000_000_000 / HZ;
 
@@ -49,6 +51,12 @@ export class XenLinux implements GuestImage, Scratch, PageSource {
   percpu: PerCpu[] = [];
   events!: XenEvents;
   smp!: SmpCalls;
+  mc!: Multicalls;
+  mmu!: XenMmu;
+  /** The kernel's own randomness (workload choices), seeded from the command line. */
+  rng = new Rng(1);
+  /** mfn -> pfn, as the read-only M2P table Xen maps for PV guests gives it. */
+  readonly m2p = new Map<number, number>();
   workloads: Workload[] = [];
   /** printk ring (dmesg). */
   readonly log: string[] = [];
@@ -57,6 +65,7 @@ export class XenLinux implements GuestImage, Scratch, PageSource {
   private si!: DataView;
   private siBytes!: Uint8Array;
   private mfnListVa = 0;
+  private bootTables: { pgd: number; kernelPmd: number; tables: number[] } = { pgd: 0, kernelPmd: -1, tables: [] };
   private nextFreePfn = 0;
   private readonly freePfns: number[] = [];
 
@@ -177,30 +186,36 @@ export class XenLinux implements GuestImage, Scratch, PageSource {
     const sharedInfoMa = ul(S.shared_info);
     this.mfnListVa = this.readPointer(cpu, startInfoVa + S.mfn_list);
     const ptBase = this.readPointer(cpu, startInfoVa + S.pt_base);
-    this.nextFreePfn = (ptBase - this.base) / XEN_PAGE_SIZE + ul(S.nr_pt_frames);
+    const rootPfn = (ptBase - this.base) / XEN_PAGE_SIZE;
+    this.nextFreePfn = rootPfn + ul(S.nr_pt_frames);
     this.parseCmdline(cpu, startInfoVa + S.cmd_line);
-
-    // A temporary scratch area on the first free page, until the per-CPU ones exist.
-    this.percpu = [{ online: true, scratchVa: this.va(this.allocPfn()!), ticks: 0, nextTick: 0 }];
-    const fix = FIX_SHARED_INFO[this.width];
-    const rc = cpu.hypercall(HYPERVISOR.update_va_mapping, ...this.pteArgs(fix, sharedInfoMa + 3, UVMF.INVLPG));
-    if (rc < 0) throw new Error(`cannot map shared_info: ${rc}`);
-    const words = cpu.pageWords(fix);
-    this.si = new DataView(words.buffer);
-    this.siBytes = new Uint8Array(words.buffer);
+    this.rng = new Rng(Number(this.option("xensim.seed", "1")) >>> 0 || 1);
+    for (let pfn = 0; pfn < this.nrPages; pfn++) this.m2p.set(this.pfnToMfn(cpu, pfn), pfn);
 
     // Possible CPUs: every vCPU Xen admits to (VCPUOP_is_up fails with -ENOENT past the last).
     let nr = 1;
     while (nr < 32 && cpu.hypercall(HYPERVISOR.vcpu_op, VCPUOP.is_up, nr, 0) >= 0) nr++;
-    for (let c = 1; c < nr; c++) this.percpu.push({ online: false, scratchVa: 0, ticks: 0, nextTick: 0 });
-    for (const pc of this.percpu) {
+    // Per-CPU pages from the bootstrap area: two of scratch (vcpu_guest_context is larger
+    // than one on x86_64) and two for the multicall batch.
+    const buffers: { entriesVa: number; argsVa: number }[] = [];
+    this.percpu = [];
+    for (let c = 0; c < nr; c++) {
       const first = this.allocPfn()!;
-      this.allocPfn(); // a second page: vcpu_guest_context is larger than one on x86_64
-      pc.scratchVa = this.va(first);
+      this.allocPfn();
+      const mcPfn = this.allocPfn()!;
+      const argsPfn = this.allocPfn()!;
+      this.percpu.push({ online: c === 0, scratchVa: this.va(first), ticks: 0, nextTick: 0 });
+      buffers.push({ entriesVa: this.va(mcPfn), argsVa: this.va(argsPfn) });
     }
+    this.mc = new Multicalls(this.layout, buffers, this);
+    const init = bootPagetables(this, cpu, rootPfn, sharedInfoMa);
+    const words = cpu.pageWords(FIX_SHARED_INFO[this.width]);
+    this.si = new DataView(words.buffer);
+    this.siBytes = new Uint8Array(words.buffer);
 
     this.hc.registerCallback(cpu, CALLBACKTYPE.event, this.base + SYM.xen_hypervisor_callback);
     this.hc.registerCallback(cpu, CALLBACKTYPE.failsafe, this.base + SYM.xen_failsafe_callback);
+    this.bootTables = init;
     this.initEvents(cpu);
     this.printk(cpu, `Xen: using ${this.events.backend.name} event channel ABI, ${nr} vCPUs`);
 
@@ -217,10 +232,6 @@ export class XenLinux implements GuestImage, Scratch, PageSource {
   readPointer(cpu: GuestCpu, va: number): number {
     if (this.layout.ulong === 4) return cpu.read32(va);
     return cpu.read32(va) + (cpu.read32(va + 4) | 0) * 0x100000000;
-  }
-
-  private pteArgs(va: number, pte: number, flags: number): [number, number, number, number] {
-    return this.width === 64 ? [va, pte, flags, 0] : [va, pte >>> 0, Math.floor(pte / 2 ** 32), flags];
   }
 
   private parseCmdline(cpu: GuestCpu, va: number): void {
@@ -253,6 +264,15 @@ export class XenLinux implements GuestImage, Scratch, PageSource {
     }
     this.events = new XenEvents(backend, this.hc, { nrCpus: this.nrCpus, jiffyNs: TICK_NS, now: (c) => this.now(c) });
     this.smp = new SmpCalls(this.nrCpus, this.events);
+    const off = disabledFixes(this.options.get("xensim.disable_fix"));
+    this.mmu = new XenMmu(
+      this,
+      this.mc,
+      this.smp,
+      { dropMmRef: !off.has("drop-mm-ref"), staleCr3: !off.has("stale-cr3"), flushByIpi: this.option("xensim.tlb_flush", "hypercall") === "ipi" },
+      this.nrPages,
+      this.bootTables,
+    );
     const ev = this.events;
     ev.registerHandler("timer_interrupt", (c) => this.timerInterrupt(c));
     ev.registerHandler("call_function_single", (c) => this.smp.runQueue(c));
@@ -289,6 +309,9 @@ export class XenLinux implements GuestImage, Scratch, PageSource {
     put(C.kernel_sp, this.percpu[c]!.scratchVa + 2 * XEN_PAGE_SIZE);
     put(C.event_callback_eip, this.base + SYM.xen_hypervisor_callback);
     put(C.failsafe_callback_eip, this.base + SYM.xen_failsafe_callback);
+    // ctrlreg[3]: swapper_pg_dir, as xen_pfn_to_cr3 encodes it.
+    const pgdMfn = this.pfnToMfn(cpu, this.mmu.initMm.pgd);
+    put(C.ctrlreg + 3 * this.layout.ulong, this.width === 64 ? pgdMfn * XEN_PAGE_SIZE : ((pgdMfn << 12) | (pgdMfn >>> 20)) >>> 0);
     const rc = this.hc.vcpuOp(cpu, VCPUOP.initialise, c, ctx);
     if (rc < 0) throw new Error(`VCPUOP_initialise(${c}) failed: ${rc}`);
     const up = this.hc.vcpuOp(cpu, VCPUOP.up, c);

@@ -14,11 +14,6 @@ export const MC_ARGS = 4096;
 
 export const LAZY = { NONE: 0, MMU: 1, CPU: 2 } as const;
 
-const OP_NAMES: Record<number, string> = {
-  [HYPERVISOR.mmu_update]: "mmu_update",
-  [HYPERVISOR.update_va_mapping]: "update_va_mapping",
-  [HYPERVISOR.mmuext_op]: "mmuext_op",
-};
 const MMUEXT_NAMES = Object.fromEntries(Object.entries(MMUEXT).map(([k, v]) => [v, k])) as Record<number, string>;
 
 interface Batch {
@@ -35,6 +30,12 @@ interface Batch {
   mmuEntry: number;
 }
 
+/** local_irq_save / restore around issuing a batch, so that no upcall reuses the buffer. */
+export interface IrqControl {
+  irqDisable(cpu: GuestCpu): boolean;
+  irqRestore(cpu: GuestCpu, wasMasked: boolean): void;
+}
+
 export class Multicalls {
   private readonly batches: Batch[];
   issued = 0;
@@ -43,6 +44,7 @@ export class Multicalls {
   constructor(
     private readonly layout: Layout,
     buffers: readonly { entriesVa: number; argsVa: number }[],
+    private readonly irq: IrqControl,
   ) {
     this.batches = buffers.map((b) => ({ ...b, count: 0, argBytes: 0, what: [], callbacks: [], lazy: LAZY.NONE, mmuEntry: -1 }));
   }
@@ -144,13 +146,21 @@ export class Multicalls {
     cpu.write32(req + MMU_UPDATE.val + 4, valHi);
   }
 
-  /** One mmuext_op: `cmd` with arg1 (an mfn or address) and arg2 (a count or pointer). */
-  mmuext(cpu: GuestCpu, cmd: number, arg1: number, arg2: number, what: string): void {
+  /**
+   * One mmuext_op: `cmd` with arg1 (an mfn or address) and arg2 (a count), or with a vCPU
+   * bitmap that arg2 points to (the *_MULTI flushes), kept in the argument space.
+   */
+  mmuext(cpu: GuestCpu, cmd: number, arg1: number, arg2: number, what: string, vcpuMask?: number): void {
     const L = this.layout.mmuext_op;
-    const { at, args } = this.entry(cpu, HYPERVISOR.mmuext_op, L.size, `${MMUEXT_NAMES[cmd] ?? cmd}(${what})`);
+    const withMask = vcpuMask !== undefined;
+    const { at, args } = this.entry(cpu, HYPERVISOR.mmuext_op, L.size + (withMask ? 8 : 0), `${MMUEXT_NAMES[cmd] ?? cmd}(${what})`);
     cpu.write32(args + L.cmd, cmd);
     this.putWord(cpu, args + L.arg1, arg1);
-    this.putWord(cpu, args + L.arg2, arg2);
+    if (withMask) {
+      cpu.write32(args + L.size, vcpuMask >>> 0);
+      cpu.write32(args + L.size + 4, 0);
+    }
+    this.putWord(cpu, args + L.arg2, withMask ? args + L.size : arg2);
     this.arg(cpu, at, 0, args);
     this.arg(cpu, at, 1, 1);
     this.arg(cpu, at, 2, 0);
@@ -176,6 +186,7 @@ export class Multicalls {
     if (n > 0) {
       this.flushes++;
       this.issued += n;
+      const masked = this.irq.irqDisable(cpu);
       const rc = cpu.hypercall(HYPERVISOR.multicall, b.entriesVa, n);
       if (rc < 0) failed.push(`multicall itself returned ${rc}`);
       const L = this.layout.multicall_entry;
@@ -184,15 +195,11 @@ export class Multicalls {
         const result = this.layout.ulong === 8 ? cpu.read32(resVa) + (cpu.read32(resVa + 4) | 0) * 0x100000000 : cpu.read32(resVa) | 0;
         if (result < 0) failed.push(`${what[i]} = ${result}`);
       }
+      this.irq.irqRestore(cpu, masked);
     }
     for (const fn of callbacks) fn();
     if (failed.length > 0) {
       throw new Error(`kernel BUG in xen_mc_flush: ${failed.length} of ${n} multicall(s) failed: cpu ${cpu.vcpuId}: ${failed.join("; ")}`);
     }
-  }
-
-  /** Name of a hypercall for reports. */
-  static opName(op: number): string {
-    return OP_NAMES[op] ?? `hypercall ${op}`;
   }
 }

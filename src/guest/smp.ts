@@ -9,6 +9,8 @@ export interface CallRequest {
   fn: string;
   arg: number;
   from: number;
+  /** The wait this call counts down (0: the sender does not wait). */
+  waitId: number;
 }
 
 export type SmpFunction = (cpu: GuestCpu, arg: number, from: number) => void;
@@ -18,6 +20,9 @@ export class SmpCalls {
   readonly functions = new Map<string, SmpFunction>();
   ipisSent = 0;
   callsRun = 0;
+  /** Calls still to run for each waiting sender (smp_call_function with wait = 1). */
+  private readonly waits = new Map<number, number>();
+  private nextWaitId = 1;
 
   constructor(
     nrCpus: number,
@@ -32,8 +37,28 @@ export class SmpCalls {
 
   /** smp_call_function_single without waiting. */
   callFunctionSingle(cpu: GuestCpu, target: number, fn: string, arg: number): number {
-    this.queues[target]!.push({ fn, arg, from: cpu.vcpuId });
+    this.queues[target]!.push({ fn, arg, from: cpu.vcpuId, waitId: 0 });
     return this.sendIpi(cpu, target, XEN_IPI.CALL_FUNCTION_SINGLE);
+  }
+
+  /**
+   * smp_call_function_mask: queues `fn` on every target and kicks each with CALL_FUNCTION.
+   * With `wait`, returns an id that `done` reports on once every target has run it; the
+   * caller spins (yielding to Xen) until then. Returns 0 when there is nothing to wait for.
+   */
+  callFunctionMask(cpu: GuestCpu, targets: readonly number[], fn: string, arg: number, wait: boolean): number {
+    if (targets.length === 0) return 0;
+    const waitId = wait ? this.nextWaitId++ : 0;
+    if (wait) this.waits.set(waitId, targets.length);
+    for (const t of targets) {
+      this.queues[t]!.push({ fn, arg, from: cpu.vcpuId, waitId });
+      this.sendIpi(cpu, t, XEN_IPI.CALL_FUNCTION);
+    }
+    return waitId;
+  }
+
+  done(waitId: number): boolean {
+    return !this.waits.has(waitId);
   }
 
   sendIpi(cpu: GuestCpu, target: number, vector: number): number {
@@ -58,6 +83,11 @@ export class SmpCalls {
       const req = q.shift()!;
       this.callsRun++;
       this.functions.get(req.fn)?.(cpu, req.arg, req.from);
+      if (req.waitId !== 0) {
+        const left = (this.waits.get(req.waitId) ?? 1) - 1;
+        if (left === 0) this.waits.delete(req.waitId);
+        else this.waits.set(req.waitId, left);
+      }
     }
   }
 }
