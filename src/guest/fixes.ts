@@ -6,6 +6,15 @@ export const GUEST_FIXES = {
     "when a port is unmasked locally, an event that arrived while it was masked is raised again " +
     "(2-level: selector bit and upcall_pending set by hand; FIFO: EVTCHNOP_unmask so that Xen links it). " +
     "Without it the edge is lost: Linux 04c44a080d2f and the FIFO clear_masked_cond logic.",
+  "drop-mm-ref":
+    "before unpinning a dying mm's pagetables, xen_exit_mmap has every other CPU that may still run on " +
+    "them (a lazy-TLB reference) switch to swapper_pg_dir, with an IPI it waits for (drop_mm_ref, from the " +
+    "SMP seed). Without it Xen refuses to make the pgd writable again while another vCPU's base pointer " +
+    "holds it, and the kernel BUGs in xen_mc_flush. The local switch away is kept either way.",
+  "stale-cr3":
+    "drop_mm_ref also picks the CPUs whose xen_current_cr3 (the pgd Xen really has, updated only when the " +
+    "batch with the switch is issued) is the dying pgd, not only those in mm_cpumask (Linux 9f79991d4186). " +
+    "Without it a CPU with a context switch still in its lazy batch is missed.",
 } as const;
 
 export type GuestFix = keyof typeof GUEST_FIXES;

@@ -163,6 +163,8 @@ export class XenLinux implements GuestImage, Scratch, PageSource {
   // ---- interrupts on/off (the PV "IF" in vcpu_info) ----
 
   irqDisable(cpu: GuestCpu): boolean {
+    // Before shared_info is mapped the vCPU still has the masked state Xen started it with.
+    if (this.siBytes === undefined) return true;
     const off = cpu.vcpuId * this.layout.vcpu_info.size + 1;
     const was = this.siBytes[off] !== 0;
     this.siBytes[off] = 1;

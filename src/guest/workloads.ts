@@ -12,6 +12,7 @@
 
 import type { GuestCpu } from "../abi/cpu.ts";
 import { TICK_NS, type Workload, type XenLinux } from "./kernel.ts";
+import { ForkExec, IpiStorm } from "./workloads_mm.ts";
 
 /** Per-port event accounting shared by the workloads: a sender counts sends, a receiver handler runs. */
 export interface PortStats {
@@ -195,5 +196,7 @@ export function workloadsFromCmdline(k: XenLinux): Workload[] {
     const [dom, base, count] = k.option("fanin_connect", "").split(":").map(Number);
     out.push(new FanIn(k, { dom: dom!, base: base!, count: count! }, flood, batch));
   }
+  if (k.options.has("forkexec")) out.push(new ForkExec(num("forkexec"), k.option("mmapstress", "0") === "1"));
+  if (k.option("ipistorm", "0") === "1") out.push(new IpiStorm());
   return out;
 }

@@ -57,7 +57,7 @@ export function buildDomain(hv: Hypervisor, spec: DomainSpec, image: GuestImage)
   );
   const va = (pfn: number) => L.PAGE_OFFSET + pfn * XEN_PAGE_SIZE;
   const startInfoPfn = KERNEL_IMAGE_PAGES;
-  const mfnListPfn = startInfoPfn + 1;
+  const mfnListPfn = startInfoPfn + 1; // readGuestP2m relies on this place
   const mfnListPages = Math.ceil((nrPages * L.ulong) / XEN_PAGE_SIZE);
   const storePfn = mfnListPfn + mfnListPages;
   const consolePfn = storePfn + 1;
@@ -152,6 +152,23 @@ export function buildPagetables(hv: Hypervisor, d: Domain, ptBasePfn: number, nr
   const rc = hv.pinTableFor(d, root, width === 64 ? 4 : 3);
   if (rc < 0) throw new Error(`${d.name}: pinning the initial pagetables failed (${rc})`);
   return root;
+}
+
+/**
+ * The guest's p2m as the toolstack reads it: the mfn_list pages the builder placed after
+ * start_info, read through machine memory (what xc_core / save do via the frame list).
+ */
+export function readGuestP2m(hv: Hypervisor, d: Domain): number[] {
+  const L = layoutFor(d.width);
+  const firstPfn = KERNEL_IMAGE_PAGES + 1;
+  const out: number[] = [];
+  for (let pfn = 0; pfn < d.p2m.length; pfn++) {
+    const off = pfn * L.ulong;
+    const dv = hv.memory.dv(d.p2m[firstPfn + Math.floor(off / XEN_PAGE_SIZE)]!);
+    const at = off % XEN_PAGE_SIZE;
+    out.push(L.ulong === 8 ? dv.getUint32(at, true) + dv.getUint32(at + 4, true) * 0x100000000 : dv.getUint32(at, true));
+  }
+  return out;
 }
 
 function putUlong(dv: DataView, off: number, value: number, size: 4 | 8): void {

@@ -10,6 +10,8 @@ import type { Domain } from "../hypervisor/domain.ts";
 import { Hypervisor } from "../hypervisor/hypervisor.ts";
 import { XenLinux } from "../guest/kernel.ts";
 import { EvtchnPingPong, FanIn, IpiPingPong, workloadsFromCmdline } from "../guest/workloads.ts";
+import { ForkExec, IpiStorm } from "../guest/workloads_mm.ts";
+import { auditMm } from "./audit_mm.ts";
 import { auditEvtchn } from "./audit.ts";
 import { buildDomain, type DomainSpec, setCmdline } from "./builder.ts";
 import { cfgNumber, cfgString, cfgStringList, parseXlCfg, type XlConfig, XlCfgError } from "./xlcfg.ts";
@@ -25,6 +27,12 @@ export interface ScenarioDomain {
   faninFlood: boolean;
   /** The listener uses the lateeoi chip (set on the receiving domain). */
   faninLateeoi: boolean;
+  /** Processes the forkexec workload keeps alive (0: none). */
+  forkexec: number;
+  mmapstress: boolean;
+  ipistorm: boolean;
+  /** How the guest flushes other CPUs' TLBs: MMUEXT_TLB_FLUSH_MULTI, or IPIs. */
+  tlbFlush: "hypercall" | "ipi";
 }
 
 export interface Scenario {
@@ -111,6 +119,10 @@ function parseDomainSpec(s: string, where: string): ScenarioDomain {
     "fanin_ports",
     "fanin_flood",
     "fanin_lateeoi",
+    "forkexec",
+    "mmapstress",
+    "ipistorm",
+    "tlb_flush",
   ];
   for (const key of kv.keys()) if (!known.includes(key)) throw new ScenarioError(`${where}: unknown key '${key}'`);
   const int = (key: string, dflt: number, min: number, max: number) => {
@@ -143,6 +155,10 @@ function parseDomainSpec(s: string, where: string): ScenarioDomain {
     faninPorts: int("fanin_ports", 0, 0, 131071),
     faninFlood: int("fanin_flood", 0, 0, 1) === 1,
     faninLateeoi: int("fanin_lateeoi", 0, 0, 1) === 1,
+    forkexec: int("forkexec", 0, 0, 64),
+    mmapstress: int("mmapstress", 0, 0, 1) === 1,
+    ipistorm: int("ipistorm", 0, 0, 1) === 1,
+    tlbFlush: tlbFlushOf(kv.get("tlb_flush")),
   };
 }
 
@@ -177,7 +193,11 @@ export function buildMachine(sc: Scenario, seed: number, params: RunParams = {})
     const b = buildDomain(hv, sd.spec, k);
     kernels.set(b.domain.domid, k);
     byName.set(sd.spec.name, b.domain);
-    const cmd = [`xen.fifo_events=${sd.evtchnAbi === "fifo" ? 1 : 0}`];
+    const cmd = [`xen.fifo_events=${sd.evtchnAbi === "fifo" ? 1 : 0}`, `xensim.seed=${(seed * 31 + b.domain.domid) >>> 0}`];
+    if (sd.forkexec > 0 || sd.mmapstress) cmd.push(`forkexec=${sd.forkexec || sd.spec.vcpus}`);
+    if (sd.mmapstress) cmd.push("mmapstress=1");
+    if (sd.ipistorm) cmd.push("ipistorm=1");
+    if (sd.tlbFlush === "ipi") cmd.push("xensim.tlb_flush=ipi");
     if (params.disableFixes?.length) cmd.push(`xensim.disable_fix=${params.disableFixes.join(",")}`);
     return { sd, b, cmd };
   });
@@ -221,6 +241,7 @@ export function runScenario(sc: Scenario, seed: number, params: RunParams = {}):
   const failures: string[] = [];
   const audit = () => {
     for (const v of auditEvtchn(hv, kernels)) if (failures.length < 50) failures.push(`invariant: ${v}`);
+    for (const v of auditMm(hv, kernels)) if (failures.length < 50) failures.push(`invariant: ${v}`);
   };
   const runUntil = (until: number) => {
     let steps = 0;
@@ -237,6 +258,7 @@ export function runScenario(sc: Scenario, seed: number, params: RunParams = {}):
     for (const w of k.workloads) {
       if (w instanceof EvtchnPingPong) w.stopping = true;
       if (w instanceof FanIn && w.isSender) w.stop();
+      if (w instanceof ForkExec || w instanceof IpiStorm) w.stopping = true;
     }
   }
   steps += runUntil((sc.runMs + sc.drainMs) * 1e6);
@@ -272,6 +294,9 @@ function checkWorkloads(hv: Hypervisor, kernels: Map<number, XenLinux>, failures
         if (w.rounds > 0 && w.stats.handled !== w.expected) {
           failures.push(`${d.name}: evtchn ping-pong received ${w.stats.handled} events, expected ${w.expected}`);
         }
+      } else if (w instanceof ForkExec) {
+        if (w.sched.stats.exits === 0) failures.push(`${d.name}: forkexec: no process lifecycle completed`);
+        if (w.sched.live > 0) failures.push(`${d.name}: forkexec: ${w.sched.live} processes still alive after the drain`);
       } else if (w instanceof FanIn && !w.isSender) {
         const starved = w.ports.findIndex((p) => p.handled === 0);
         if (starved >= 0) failures.push(`${d.name}: fan-in port #${starved} never delivered`);
@@ -309,6 +334,13 @@ export function describeRun(r: RunResult): string[] {
     for (const w of k.workloads) {
       if (w instanceof IpiPingPong) lines.push(`    ipi_pingpong: ${w.total} IPIs delivered (${w.received.join("/")} per CPU)`);
       if (w instanceof EvtchnPingPong) lines.push(`    evtchn ping-pong on port ${w.localPort}: ${w.stats.handled} received, ${w.stats.sends} sent`);
+      if (w instanceof ForkExec) {
+        const s = w.sched.stats;
+        lines.push(
+          `    forkexec: ${s.exits} lifecycles, ${s.forks} forks, ${s.execs} execs, ${s.faults} faults (${s.cows} COW), ${s.checks} page checks, ${s.munmaps} munmaps, ${k.mmu.shootdowns} shootdowns, ${k.mmu.unpins} unpins`,
+        );
+      }
+      if (w instanceof IpiStorm) lines.push(`    ipistorm: ${w.calls} waited calls, ${w.stopMachines} stop_machine`);
       if (w instanceof FanIn) {
         const n = w.ports.reduce((a, p) => a + (w.isSender ? p.sends : p.handled), 0);
         lines.push(`    fan-in over ${w.ports.length} ports: ${n} ${w.isSender ? "sent" : "handled"}`);
@@ -316,4 +348,10 @@ export function describeRun(r: RunResult): string[] {
     }
   }
   return lines;
+}
+
+function tlbFlushOf(value: string | undefined): "hypercall" | "ipi" {
+  if (value === undefined || value === "hypercall") return "hypercall";
+  if (value === "ipi") return "ipi";
+  throw new ScenarioError(`tlb_flush must be "hypercall" or "ipi", not "${value}"`);
 }
