@@ -27,13 +27,20 @@ export interface GuestCpu {
   spend(ns: number): void;
 }
 
-/** The guest's #PF, raised by a load or store through a missing or read-only mapping. */
-export class PageFault extends Error {
+/**
+ * The guest's #PF, raised by a load or store through a missing or read-only mapping. Guests
+ * take these all the time (demand paging, copy-on-write), so it carries no stack trace: it is
+ * control flow, not an error report.
+ */
+export class PageFault {
   constructor(
     readonly va: number,
     readonly write: boolean,
-  ) {
-    super(`page fault at ${va < 0 ? `-0x${(-va).toString(16)}` : `0x${va.toString(16)}`} (${write ? "write" : "read"})`);
+  ) {}
+
+  get message(): string {
+    const va = this.va;
+    return `page fault at ${va < 0 ? `-0x${(-va).toString(16)}` : `0x${va.toString(16)}`} (${this.write ? "write" : "read"})`;
   }
 }
 

@@ -53,8 +53,11 @@ export function tableIndex(width: GuestWidth, va: number, level: number): number
     return level === 2 ? (va >>> 21) & 511 : (va >>> 12) & 511;
   }
   const u = va < 0 ? va + 2 ** 48 : va;
-  return Math.floor(u / 2 ** (12 + 9 * (level - 1))) % 512;
+  return Math.floor(u / LEVEL_SPAN[level]!) % 512;
 }
+
+/** Bytes one entry of a level-N table maps, indexed by N. */
+const LEVEL_SPAN = [0, 2 ** 12, 2 ** 21, 2 ** 30, 2 ** 39];
 
 /** A canonical x86_64 address (bits 48-63 copy bit 47), or a 32-bit address for i386. */
 export function isCanonical(width: GuestWidth, va: number): boolean {

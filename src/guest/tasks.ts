@@ -251,6 +251,7 @@ export class TaskSched {
     const mmu = this.k.mmu;
     const mm = t.mm!;
     const freed: number[] = [];
+    let last = -1;
     mmu.mc.enterLazy(cpu, LAZY.MMU);
     for (let index = first; index < first + n; index++) {
       const page = mm.pages.get(index);
@@ -258,11 +259,13 @@ export class TaskSched {
       mmu.setUserPte(cpu, mm, index, -1, false);
       mm.pages.delete(index);
       freed.push(page.pfn);
+      last = index;
     }
     mmu.mc.leaveLazy(cpu);
     if (freed.length === 0) return;
     this.stats.munmaps++;
-    const waitId = mmu.flushTlb(cpu, mm, freed.length === 1 ? pageVa(first) : undefined);
+    // One page: invlpg of that page; more: a full flush.
+    const waitId = mmu.flushTlb(cpu, mm, freed.length === 1 ? pageVa(last) : undefined);
     this.waitThen(cpu, t, waitId, { kind: "free", pfns: freed });
   }
 
@@ -276,7 +279,10 @@ export class TaskSched {
       cpu.write32(va, tag);
       cpu.write32(va + probeOffset(index), tag);
     });
-    t.mm!.pages.get(index)!.tag = tag;
+    const page = t.mm!.pages.get(index);
+    // A store that did not fault on an unmapped page went through a stale TLB entry.
+    if (!page) throw new Error(`stale TLB entry: task ${t.id} wrote unmapped page 0x${va.toString(16)} on CPU ${cpu.vcpuId} without a fault`);
+    page.tag = tag;
     this.check(cpu, t, index);
   }
 

@@ -298,6 +298,17 @@ function mmuextOne(hv: Hypervisor, v: Vcpu, pgOwner: Domain, cmd: number, arg1: 
   }
 }
 
+/** Overwrites a multicall entry with 0xAA bytes (entries never straddle a page). */
+function poison(hv: Hypervisor, v: Vcpu, at: number, size: number): void {
+  const ma = v.translate(at, true);
+  if (ma < 0 || (ma % 4096) + size > 4096 || ma % 4 !== 0) {
+    for (let off = 0; off < size; off += 4) hv.guest.put32(v, at + off, 0xaaaaaaaa);
+    return;
+  }
+  const first = (ma % 4096) / 4;
+  hv.memory.u32(Math.floor(ma / 4096)).fill(0xaaaaaaaa, first, first + size / 4);
+}
+
 /** new_guest_cr3: the new base takes a root type reference before the old one is dropped. */
 export function newGuestCr3(hv: Hypervisor, v: Vcpu, mfn: number): number {
   const mm = hv.mm;
@@ -352,7 +363,7 @@ export function doMulticall(
       const a: number[] = [];
       for (let k = 0; k < 5; k++) a.push(word(L.args + k * ul));
       const result = op === HYPERVISOR.iret ? -E.ENOSYS : dispatch(op, a[0]!, a[1]!, a[2]!, a[3]!, a[4]!);
-      for (let off = 0; off < L.size; off += 4) g.put32(v, at + off, 0xaaaaaaaa);
+      poison(hv, v, at, L.size);
       g.putUlong(v, at + L.result, result);
       if (op === HYPERVISOR.iret) return result;
     }
