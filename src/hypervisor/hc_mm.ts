@@ -5,15 +5,20 @@
 import { DOMID_IO, DOMID_SELF, DOMID_XEN, XEN_ERRNO as E, HYPERVISOR, MMU, MMU_UPDATE_PREEMPTED, MMUEXT, UVMF } from "../abi/xen.ts";
 import { MMU_UPDATE } from "../abi/layout.ts";
 import type { Domain } from "./domain.ts";
+import { FaultError } from "./guest_access.ts";
 import type { Hypervisor } from "./hypervisor.ts";
 import { PGT } from "./page_info.ts";
 import { findL1, guestAddressOk } from "./tlb.ts";
 import type { Vcpu } from "./vcpu.ts";
 
-/** guest_handle_okay: the range lies in guest address space (it need not be mapped). */
+/**
+ * guest_handle_okay: the range lies outside Xen's range (it need not be mapped). A 32-bit
+ * guest's handles get the 64-bit check, which no 32-bit address fails; a bad one faults later.
+ */
 function handleOkay(v: Vcpu, va: number, bytes: number): boolean {
   if (bytes <= 0) return true;
-  return guestAddressOk(v.width, va) && guestAddressOk(v.width, va + bytes - 1);
+  if (v.width === 32) return Number.isInteger(va);
+  return guestAddressOk(64, va) && guestAddressOk(64, va + bytes - 1);
 }
 
 /** get_pg_owner. */
@@ -55,38 +60,53 @@ export function doMmuUpdate(hv: Hypervisor, v: Vcpu, ureqs: number, countArg: nu
     ptOwner = owner;
   }
   const pgOwner = pgOwnerOf(hv, v, foreigndom & 0xffff);
-  if (!pgOwner) return -E.ESRCH;
-  const mm = hv.mm;
   let rc = 0;
   let i = 0;
-  for (; i < count; i++) {
-    const at = ureqs + i * MMU_UPDATE.size;
-    const ptrLo = hv.guest.u32(v, at + MMU_UPDATE.ptr);
-    const ptrHi = hv.guest.u32(v, at + MMU_UPDATE.ptr + 4);
-    const valLo = hv.guest.u32(v, at + MMU_UPDATE.val);
-    const valHi = hv.guest.u32(v, at + MMU_UPDATE.val + 4);
-    const cmd = ptrLo & 7;
-    const mfn = (ptrLo >>> 12) + ptrHi * 0x100000;
-    if (cmd === MMU.NORMAL_PT_UPDATE || cmd === MMU.PT_UPDATE_PRESERVE_AD || cmd === MMU.PT_UPDATE_NO_TRANSLATE) {
-      if (!mayTarget(d, ptOwner) || !mayTarget(d, pgOwner)) {
-        rc = -E.EPERM;
-        break;
+  let flushLinear = false;
+  if (!pgOwner) rc = -E.ESRCH;
+  else {
+    try {
+      for (; i < count; i++) {
+        const at = ureqs + i * MMU_UPDATE.size;
+        rc = mmuUpdateOne(hv, d, ptOwner, pgOwner, [
+          hv.guest.u32(v, at + MMU_UPDATE.ptr),
+          hv.guest.u32(v, at + MMU_UPDATE.ptr + 4),
+          hv.guest.u32(v, at + MMU_UPDATE.val),
+          hv.guest.u32(v, at + MMU_UPDATE.val + 4),
+        ]);
+        if (rc > 0) {
+          flushLinear = true;
+          rc = 0;
+        }
+        if (rc < 0) break;
       }
-      rc = normalPtUpdate(hv, ptOwner, pgOwner, mfn, (ptrLo & 0xfff) >>> 3, valLo, valHi);
-    } else if (cmd === MMU.MACHPHYS_UPDATE) {
-      if (d !== ptOwner) rc = -E.EPERM;
-      else if (!mayTarget(d, pgOwner)) rc = -E.EPERM;
-      else if (!mm.getPage(mfn, pgOwner)) rc = -E.EINVAL;
-      else {
-        hv.memory.m2p[mfn] = valLo;
-        mm.putPage(mfn);
-        rc = 0;
-      }
-    } else rc = -E.ENOSYS;
-    if (rc < 0) break;
+    } catch (e) {
+      if (!(e instanceof FaultError)) throw e;
+      rc = -E.EFAULT;
+    }
   }
+  // An upper-level entry changed: every vCPU of the table's owner flushes (flush_linear_pt).
+  if (flushLinear) flushVcpus(hv, ptOwner.vcpus, undefined);
   writeDone(hv, v, pdone, done + i);
   return rc;
+}
+
+/** One request: 0 or -errno, or 1 for a successful L2-L4 update (which needs a flush). */
+function mmuUpdateOne(hv: Hypervisor, d: Domain, ptOwner: Domain, pgOwner: Domain, req: readonly number[]): number {
+  const [ptrLo, ptrHi, valLo, valHi] = req as [number, number, number, number];
+  const mm = hv.mm;
+  const cmd = ptrLo & 7;
+  const mfn = (ptrLo >>> 12) + ptrHi * 0x100000;
+  if (cmd === MMU.NORMAL_PT_UPDATE || cmd === MMU.PT_UPDATE_PRESERVE_AD || cmd === MMU.PT_UPDATE_NO_TRANSLATE) {
+    if (!mayTarget(d, ptOwner) || !mayTarget(d, pgOwner)) return -E.EPERM;
+    return normalPtUpdate(hv, ptOwner, pgOwner, mfn, (ptrLo & 0xfff) >>> 3, valLo, valHi);
+  }
+  if (cmd !== MMU.MACHPHYS_UPDATE) return -E.ENOSYS;
+  if (d !== ptOwner || !mayTarget(d, pgOwner)) return -E.EPERM;
+  if (!mm.getPage(mfn, pgOwner)) return -E.EINVAL;
+  hv.memory.m2p[mfn] = valLo;
+  mm.putPage(mfn);
+  return 0;
 }
 
 /** One MMU_NORMAL_PT_UPDATE: through mod_lN_entry if the frame is a table in use, else a plain write. */
@@ -99,6 +119,7 @@ function normalPtUpdate(hv: Hypervisor, ptOwner: Domain, pgOwner: Domain, mfn: n
     const level = pages.level(mfn);
     if (level === 1) rc = mm.modEntry(1, mfn, slot, lo, hi, ptOwner, pgOwner);
     else if (level > 1) rc = pgOwner === ptOwner ? mm.modEntry(level, mfn, slot, lo, hi, ptOwner, pgOwner) : -E.EINVAL;
+    if (level > 1 && rc === 0) rc = 1;
     else if ((pages.type[mfn]! & 7) === PGT.writable) rc = writeEntry(hv, mfn, slot, lo, hi);
   } else if (mm.getPageType(mfn, PGT.writable, ptOwner) === 0) {
     rc = writeEntry(hv, mfn, slot, lo, hi);
@@ -175,11 +196,16 @@ export function doMmuextOp(hv: Hypervisor, v: Vcpu, uops: number, countArg: numb
   if (!mayTarget(v.domain, pgOwner)) return -E.EPERM;
   let rc = 0;
   let i = 0;
-  for (; i < count; i++) {
-    const at = uops + i * L.size;
-    const cmd = hv.guest.u32(v, at + L.cmd);
-    rc = mmuextOne(hv, v, pgOwner, cmd, at + L.arg1, at + L.arg2);
-    if (rc < 0) break;
+  try {
+    for (; i < count; i++) {
+      const at = uops + i * L.size;
+      const cmd = hv.guest.u32(v, at + L.cmd);
+      rc = mmuextOne(hv, v, pgOwner, cmd, at + L.arg1, at + L.arg2);
+      if (rc < 0) break;
+    }
+  } catch (e) {
+    if (!(e instanceof FaultError)) throw e;
+    rc = -E.EFAULT;
   }
   writeDone(hv, v, pdone, done + i);
   return rc;
@@ -211,8 +237,9 @@ function mmuextOne(hv: Hypervisor, v: Vcpu, pgOwner: Domain, cmd: number, arg1: 
     case MMUEXT.NEW_BASEPTR:
       return self ? newGuestCr3(hv, v, g.ulong(v, arg1)) : -E.EPERM;
     case MMUEXT.NEW_USER_BASEPTR:
-      if (!self) return -E.EPERM;
-      return v.width === 64 ? newGuestUserCr3(hv, v, g.ulong(v, arg1)) : -E.EINVAL;
+      // The 32-bit entry rejects it before any other check.
+      if (v.width === 32) return -E.EINVAL;
+      return self ? newGuestUserCr3(hv, v, g.ulong(v, arg1)) : -E.EPERM;
     case MMUEXT.TLB_FLUSH_LOCAL:
       if (!self) return -E.EPERM;
       mm.flushTlb(v.tlb);
@@ -256,7 +283,8 @@ function mmuextOne(hv: Hypervisor, v: Vcpu, pgOwner: Domain, cmd: number, arg1: 
       if (!self) return -E.EPERM;
       const ents = g.u32(v, arg2);
       const ptr = ents ? g.pointer(v, arg1) : 0;
-      if (ents > 8192 || (ents !== 0 && (ptr % 4096 !== 0 || !guestAddressOk(v.width, ptr)))) return -E.EINVAL;
+      // __addr_ok is the 64-bit check for every guest.
+      if (ents > 8192 || (ents !== 0 && (ptr % 4096 !== 0 || (v.width === 64 && !guestAddressOk(64, ptr))))) return -E.EINVAL;
       v.ldtBase = ptr;
       v.ldtEnts = ents;
       return 0;

@@ -206,6 +206,11 @@ export class PvMm {
           (lo & _PAGE_PRESENT) === 0 || (pteFlags(lo, hi) & COMPAT_L3_DISALLOW) !== 0
             ? -E.EINVAL
             : this.getPageAndType(pteMfn(lo, hi), PGT.l2 | PGT_PAE_XEN_L2, d);
+        // That L2 carries Xen's mappings for this L3 alone: it may not be shared.
+        if (rc === 0 && this.pages.typeCount[pteMfn(lo, hi)] !== 1) {
+          this.putPageAndType(pteMfn(lo, hi));
+          rc = -E.EINVAL;
+        }
       } else if ((lo & _PAGE_PRESENT) !== 0) {
         rc = this.getPageFromEntry(level, lo, hi, mfn, d, d);
       }
