@@ -48,7 +48,8 @@ export function bareDomain(
       name: `bare${hv.domains.size}`,
       width,
       maxVcpus: opts.vcpus ?? 2,
-      nrPages: opts.pages ?? 64,
+      // Room past the pages a test uses for the pagetables installPagetables puts at the end.
+      nrPages: (opts.pages ?? 64) + 16,
       maxEvtchnPort: opts.maxPort ?? 1023,
       privileged: opts.privileged ?? false,
     },

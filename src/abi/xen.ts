@@ -178,7 +178,6 @@ export const MMUEXT = {
 } as const;
 
 export const MMU = { NORMAL_PT_UPDATE: 0, MACHPHYS_UPDATE: 1, PT_UPDATE_PRESERVE_AD: 2, PT_UPDATE_NO_TRANSLATE: 3 } as const;
-export const MMU_UPDATE_PREEMPTED = 0x80000000;
 export const UVMF = { NONE: 0, TLB_FLUSH: 1, INVLPG: 2, FLUSHTYPE_MASK: 3, MULTI: 0, LOCAL: 0, ALL: 4 } as const;
 
 export const CALLBACKTYPE = { event: 0, failsafe: 1, syscall: 2, nmi: 4 } as const;

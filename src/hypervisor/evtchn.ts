@@ -48,6 +48,8 @@ export class EvtchnTable {
 /** What the state machine needs from the rest of the hypervisor. */
 export interface EvtchnHost {
   domainById(domid: number): Domain | undefined;
+  /** Drops the writable type references the FIFO control blocks and event arrays hold. */
+  releaseFifoPages(d: Domain): void;
 }
 
 function getFreePort(d: Domain): number {
@@ -288,6 +290,7 @@ export function evtchnReset(host: EvtchnHost, caller: Domain, dom: number, resum
   for (let port = 1; port < t.validPorts; port++) {
     if (t.state[port] !== ECS.FREE) evtchnClose(host, d, port);
   }
+  host.releaseFifoPages(d);
   d.useTwoLevel();
   return 0;
 }

@@ -15,6 +15,7 @@ import {
   evtchnUnmask,
 } from "./evtchn.ts";
 import type { Hypervisor } from "./hypervisor.ts";
+import { PGT } from "./page_info.ts";
 import type { Vcpu } from "./vcpu.ts";
 
 export function doEventChannelOp(hv: Hypervisor, v: Vcpu, cmd: number, arg: number): number {
@@ -85,8 +86,11 @@ export function doEventChannelOp(hv: Hypervisor, v: Vcpu, cmd: number, arg: numb
     case EVTCHNOP.expand_array: {
       const gfn = g.u64(v, arg + EVTCHN_OP.expand_array.array_gfn);
       if (!d.fifo) return -E.EOPNOTSUPP;
-      if (!hv.frameOwnedBy(d, gfn)) return -E.EINVAL;
-      return d.fifo.addArrayPage(gfn, hv.memory.u32(gfn));
+      // map_guest_page: Xen writes the page, so it holds a writable type reference on it.
+      if (!Number.isInteger(gfn) || hv.mm.getPageAndType(gfn, PGT.writable, d) < 0) return -E.EINVAL;
+      const rc = d.fifo.addArrayPage(gfn, hv.memory.u32(gfn));
+      if (rc < 0) hv.mm.putPageAndType(gfn);
+      return rc;
     }
     case EVTCHNOP.set_priority: {
       const L = EVTCHN_OP.set_priority;
@@ -112,11 +116,14 @@ function initControl(hv: Hypervisor, v: Vcpu, arg: number): number {
   if (!target) return -E.ENOENT;
   if (offset > XEN_PAGE_SIZE - EVTCHN_FIFO_CONTROL_BLOCK.size) return -E.EINVAL;
   if (offset & 7) return -E.EINVAL;
-  if (!hv.frameOwnedBy(d, gfn)) return -E.EINVAL;
   if (d.fifo?.controlBlocks[vcpuId]) return -E.EINVAL;
+  if (!Number.isInteger(gfn) || hv.mm.getPageAndType(gfn, PGT.writable, d) < 0) return -E.EINVAL;
   const fifo = d.fifo ?? d.switchToFifo();
   const rc = fifo.initControl(target, gfn, hv.memory.u32(gfn), offset);
-  if (rc < 0) return rc;
+  if (rc < 0) {
+    hv.mm.putPageAndType(gfn);
+    return rc;
+  }
   g.put8(v, arg + L.link_bits, EVTCHN_FIFO.LINK_BITS);
   return 0;
 }

@@ -2,7 +2,7 @@
 // TLB flushes) and multicall. Argument checks and error codes follow xen/arch/x86/mm.c and
 // common/multicall.c. Nothing here is preempted, so no continuation is ever created.
 
-import { DOMID_IO, DOMID_SELF, DOMID_XEN, XEN_ERRNO as E, HYPERVISOR, MMU, MMU_UPDATE_PREEMPTED, MMUEXT, UVMF } from "../abi/xen.ts";
+import { DOMID_IO, DOMID_SELF, DOMID_XEN, XEN_ERRNO as E, HYPERVISOR, MMU, MMUEXT, UVMF } from "../abi/xen.ts";
 import { MMU_UPDATE } from "../abi/layout.ts";
 import type { Domain } from "./domain.ts";
 import { FaultError } from "./guest_access.ts";
@@ -10,6 +10,9 @@ import type { Hypervisor } from "./hypervisor.ts";
 import { PGT } from "./page_info.ts";
 import { findL1, guestAddressOk } from "./tlb.ts";
 import type { Vcpu } from "./vcpu.ts";
+
+/** Xen's own continuation flag in the count (asm/mm.h, not the public ABI). */
+const MMU_UPDATE_PREEMPTED = 0x80000000;
 
 /**
  * guest_handle_okay: the range lies outside Xen's range (it need not be mapped). A 32-bit

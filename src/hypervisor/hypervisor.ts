@@ -163,6 +163,7 @@ export class Hypervisor implements VcpuHost, SchedHost, EvtchnHost {
    */
   private relinquishMemory(d: Domain): void {
     const mm = this.mm;
+    this.releaseFifoPages(d);
     for (const v of d.vcpus) {
       for (const mfn of [v.guestTable, v.guestTableUser]) if (mfn !== 0) mm.putPageAndType(mfn);
       v.guestTable = 0;
@@ -177,6 +178,15 @@ export class Hypervisor implements VcpuHost, SchedHost, EvtchnHost {
       }
     }
     for (const mfn of owned) if (mm.pages.count[mfn]! > 0) mm.putPage(mfn);
+  }
+
+  releaseFifoPages(d: Domain): void {
+    const fifo = d.fifo;
+    if (!fifo) return;
+    for (const cb of fifo.controlBlocks) if (cb) this.mm.putPageAndType(cb.mfn);
+    for (const mfn of fifo.arrayMfns) this.mm.putPageAndType(mfn);
+    fifo.controlBlocks.fill(undefined);
+    fifo.arrayMfns.length = 0;
   }
 
   private raiseDomExc(): void {
@@ -309,11 +319,6 @@ export class Hypervisor implements VcpuHost, SchedHost, EvtchnHost {
   /** xc_evtchn_alloc_unbound: a port in `d` that `remoteDomid` may bind to. */
   allocUnboundFor(d: Domain, remoteDomid: number): number {
     return evtchnAllocUnbound(this, d, d.domid, remoteDomid);
-  }
-
-  /** Whether `d` owns machine frame `mfn` (and so may map it). */
-  frameOwnedBy(d: Domain, mfn: number): boolean {
-    return this.memory.isValid(mfn) && this.memory.owner[mfn] === d.domid;
   }
 }
 

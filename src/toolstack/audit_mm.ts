@@ -20,6 +20,13 @@ export function auditMm(hv: Hypervisor, kernels: ReadonlyMap<number, XenLinux>):
   const typeCount = new Int32Array(n);
   const writableMaps = new Int32Array(n);
   for (const d of hv.domains.values()) {
+    // FIFO control blocks and event arrays: Xen holds a writable type reference on each.
+    const fifoPages = [...(d.fifo?.controlBlocks ?? []).map((cb) => cb?.mfn ?? -1), ...(d.fifo?.arrayMfns ?? [])];
+    for (const mfn of fifoPages) {
+      if (mfn < 0) continue;
+      count[mfn]!++;
+      typeCount[mfn]!++;
+    }
     for (const v of d.vcpus) {
       for (const base of [v.guestTable, v.guestTableUser]) {
         if (base === 0) continue;
