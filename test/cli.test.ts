@@ -29,6 +29,23 @@ test("run --disable-fix unmask-pending: some seeds fail, are named, exit 1", () 
   assert.match(r.out, /^failing seeds: [\d ]+$/m);
 });
 
+test("run smp-forkexec --seeds: processes across 4 vCPUs pass the MMU audit and data checks", () => {
+  const r = xensim("run", "examples/smp-forkexec.cfg", "--seeds", "20", "-q");
+  assert.equal(r.code, 0, r.out + r.err);
+  assert.match(r.out, /^20 passed, 0 failed$/m);
+});
+
+for (const fix of ["drop-mm-ref", "stale-cr3"]) {
+  test(`run smp-forkexec --disable-fix ${fix}: Xen refuses the unpinned pgd's RW remap, seeds named`, () => {
+    const r = xensim("run", "examples/smp-forkexec.cfg", "--seeds", "10", "--disable-fix", fix, "-q");
+    assert.equal(r.code, 1, r.out + r.err);
+    // The kernel BUGs when Xen will not make a pgd that a vCPU still runs on writable (-EBUSY).
+    assert.match(r.out, /kernel BUG in xen_mc_flush: .*update_va_mapping\(pfn \d+ RW\) = -16/);
+    assert.match(r.out, /replay: xensim run examples\/smp-forkexec\.cfg --seed \d+/);
+    assert.match(r.out, /^failing seeds: [\d ]+$/m);
+  });
+}
+
 test("run: a failing seed replays to the same failure", () => {
   const a = xensim("run", "examples/pingpong.cfg", "--seed", "1", "--disable-fix", "unmask-pending", "-q");
   const b = xensim("run", "examples/pingpong.cfg", "--seed", "1", "--disable-fix", "unmask-pending", "-q");

@@ -4,14 +4,9 @@
 
 import { IpiPingPong, EvtchnPingPong, FanIn } from "../guest/workloads.ts";
 import { buildMachine, parseScenario, type Machine } from "../toolstack/scenario.ts";
+import { type BenchRow, interleave, machineRate, row, warm } from "./common.ts";
 
-export interface BenchRow {
-  name: string;
-  value: number;
-  unit: string;
-  baseline: number;
-  ratio: number;
-}
+export type { BenchRow } from "./common.ts";
 
 interface Case {
   name: string;
@@ -45,39 +40,17 @@ function sum(m: Machine, f: (w: unknown) => number): number {
   return n;
 }
 
-/**
- * Alternates rounds of the machine and of the raw baseline, so that drift in the host's speed
- * hits both alike, and returns the median rate of each.
- */
+/** Median rates of the machine and of the raw baseline, in alternating rounds (see common.ts). */
 function measure(c: Case, abi: string, ms: number): { value: number; baseline: number } {
   const m = buildMachine(parseScenario(c.scenario(abi), `${c.name}.cfg`), 1);
   // Boot and warm up (JIT) before timing.
   warm(m, 20_000);
   rawBaseline(50);
-  const rounds = 5;
-  const values: number[] = [];
-  const baselines: number[] = [];
-  for (let r = 0; r < rounds; r++) {
-    const d0 = c.deliveries(m);
-    const t0 = performance.now();
-    let t = t0;
-    while (t - t0 < ms / rounds) {
-      for (let i = 0; i < 4096; i++) m.hv.sched.step();
-      t = performance.now();
-    }
-    values.push(((c.deliveries(m) - d0) * 1000) / (t - t0));
-    baselines.push(rawBaseline(ms / rounds));
-  }
-  return { value: median(values), baseline: median(baselines) };
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[s.length >> 1]!;
-}
-
-function warm(m: Machine, steps: number): void {
-  for (let i = 0; i < steps; i++) m.hv.sched.step();
+  return interleave(
+    ms,
+    (roundMs) => machineRate(m, roundMs, () => c.deliveries(m)),
+    (roundMs) => rawBaseline(roundMs),
+  );
 }
 
 /** The raw baseline: set a bit, scan the bitmap for it, clear it, call its handler through an array. */
@@ -119,9 +92,9 @@ export function benchEvents(ms = 1000, progress: (line: string) => void = () => 
     for (const c of CASES) {
       if (only && !only.includes(`${c.name}-${abi}`)) continue;
       const { value, baseline } = measure(c, abi, ms);
-      const row = { name: `${c.name}-${abi}`, value: Math.round(value), unit: "deliveries/s", baseline: Math.round(baseline), ratio: value / baseline };
-      progress(`${row.name}: ${row.value} ${row.unit} (baseline ${row.baseline}, ratio ${row.ratio.toFixed(3)})`);
-      rows.push(row);
+      const r = row(`${c.name}-${abi}`, value, "deliveries/s", baseline);
+      progress(`${r.name}: ${r.value} ${r.unit} (baseline ${r.baseline}, ratio ${r.ratio.toFixed(3)})`);
+      rows.push(r);
     }
   }
   return rows;

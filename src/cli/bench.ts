@@ -4,13 +4,46 @@
 import { execFileSync } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import type { Command } from "commander";
-import { type BenchRow, benchEvents, EVENT_CASES } from "../bench/events.ts";
+import type { BenchRow } from "../bench/common.ts";
+import { benchEvents, EVENT_CASES } from "../bench/events.ts";
+import { benchMmu, MMU_CASES, MMU_NOTES } from "../bench/mmu.ts";
+
+/** A `xensim bench <name>` suite: named cases, each run in its own process. */
+interface Suite {
+  name: string;
+  description: string;
+  cases: readonly string[];
+  /** Runs case `name` in this process. */
+  run(name: string, ms: number): BenchRow[];
+  /** Printed under the human table: what the baselines are. */
+  notes?: readonly string[];
+}
+
+const SUITES: Suite[] = [
+  {
+    name: "events",
+    description: "end-to-end event deliveries per second (IPI, inter-domain, 1000-port fan-in; 2L and FIFO)",
+    cases: EVENT_CASES,
+    run: (name, ms) => benchEvents(ms, () => {}, [name]),
+  },
+  {
+    name: "mmu",
+    description: "PV MMU: pin/unpin of a 1 GiB tree, process lifecycles with 4 vCPUs, TLB shootdowns across 8 vCPUs",
+    cases: MMU_CASES,
+    run: (name, ms) => benchMmu(name, ms),
+    notes: MMU_NOTES,
+  },
+];
 
 export function registerBench(program: Command): void {
   const bench = program.command("bench").description("measure performance against same-run baselines");
+  for (const suite of SUITES) registerSuite(bench, suite);
+}
+
+function registerSuite(bench: Command, suite: Suite): void {
   bench
-    .command("events")
-    .description("end-to-end event deliveries per second (IPI, inter-domain, 1000-port fan-in; 2L and FIFO)")
+    .command(suite.name)
+    .description(suite.description)
     .option("--json", "print one JSON object")
     .option("--ms <n>", "measuring time per case, in ms", "1000")
     .option("--case <name>", "run one case in this process (used internally)")
@@ -18,20 +51,28 @@ export function registerBench(program: Command): void {
       const ms = Number(opts.ms);
       if (!Number.isFinite(ms) || ms < 50) throw new Error("--ms must be at least 50");
       if (opts.case !== undefined) {
-        if (!EVENT_CASES.includes(opts.case)) throw new Error(`unknown case ${opts.case}; known: ${EVENT_CASES.join(", ")}`);
-        process.stdout.write(JSON.stringify(benchEvents(ms, () => {}, [opts.case])[0]));
+        if (!suite.cases.includes(opts.case)) throw new Error(`unknown case ${opts.case}; known: ${suite.cases.join(", ")}`);
+        const rows = suite.run(opts.case, ms);
+        process.stdout.write(JSON.stringify(rows.length === 1 ? rows[0] : rows));
         return;
       }
       const rows: BenchRow[] = [];
-      for (const name of EVENT_CASES) {
+      for (const name of suite.cases) {
         if (!opts.json && process.stderr.isTTY) process.stderr.write(`  running ${name}...\r`);
-        const out = execFileSync(process.execPath, [...process.execArgv, mainScript(), "bench", "events", "--case", name, "--ms", String(ms)], {
+        const out = execFileSync(process.execPath, [...process.execArgv, mainScript(), "bench", suite.name, "--case", name, "--ms", String(ms)], {
           encoding: "utf8",
         });
-        rows.push(JSON.parse(out) as BenchRow);
+        const parsed = JSON.parse(out) as BenchRow | BenchRow[];
+        rows.push(...(Array.isArray(parsed) ? parsed : [parsed]));
       }
-      if (opts.json) console.log(JSON.stringify({ bench: "events", results: rows }));
-      else printTable(rows);
+      if (opts.json) console.log(JSON.stringify({ bench: suite.name, results: rows }));
+      else {
+        printTable(rows);
+        if (suite.notes?.length) {
+          console.log("");
+          for (const n of suite.notes) console.log(n);
+        }
+      }
     });
 }
 

@@ -26,7 +26,7 @@ program
   .option("--seeds <n>", "run seeds 1..n", positiveInt)
   .option("--dump <what>", "after the run, dump state: evtchn")
   .option("-q, --quiet", "print only failures and the summary")
-  .option("--disable-fix <name>", "switch off a guest fix to see what it prevents (repeatable): unmask-pending", collect, [])
+  .option("--disable-fix <name>", "switch off a guest fix to see what it prevents (repeatable): unmask-pending, drop-mm-ref, stale-cr3", collect, [])
   .action((file: string, opts: { seed?: number; seeds?: number; dump?: string; quiet?: boolean; disableFix: string[] }) => {
     process.exitCode = runCommand(file, opts);
   });

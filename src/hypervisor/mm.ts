@@ -8,6 +8,7 @@ import {
   _PAGE_PRESENT,
   _PAGE_RW,
   COMPAT_XEN_L2_SLOT_FIRST,
+  PTE_MFN_HI_MASK,
   PTES_PER_TABLE,
   pteMfn,
   XEN_L4_SLOT_END,
@@ -15,7 +16,7 @@ import {
 } from "../abi/x86.ts";
 import { XEN_ERRNO as E } from "../abi/xen.ts";
 import { MFN_FREE, type MachineMemory } from "./memory.ts";
-import { PageInfo, PGT, PGT_PAE_XEN_L2, PGT_TYPE_MASK } from "./page_info.ts";
+import { F_VALIDATED, PageInfo, PGT, PGT_PAE_XEN_L2, PGT_TYPE_MASK } from "./page_info.ts";
 import type { Tlb } from "./tlb.ts";
 
 /** What the MMU needs of a domain. */
@@ -194,13 +195,15 @@ export class PvMm {
   /** alloc_lN_table: a reference for every present entry, or none and the first error. */
   private validate(mfn: number, level: number, d: MmDomain): number {
     const words = this.mem.u32(mfn);
+    if (level === 1) return this.validateL1(mfn, words, d);
     const type = this.pages.type[mfn]!;
+    const width = d.width;
     for (let slot = 0; slot < PTES_PER_TABLE; slot++) {
-      if (!this.isGuestSlot(d.width, level, type, slot)) continue;
+      if (!this.isGuestSlot(width, level, type, slot)) continue;
       const lo = words[slot * 2]!;
       const hi = words[slot * 2 + 1]!;
       let rc = 0;
-      if (d.width === 32 && level === 3 && slot === 3) {
+      if (width === 32 && level === 3 && slot === 3) {
         // A PAE L3's last slot must map the L2 that Xen shares its own mappings through.
         rc =
           (lo & _PAGE_PRESENT) === 0 || (pteFlags(lo, hi) & COMPAT_L3_DISALLOW) !== 0
@@ -216,8 +219,55 @@ export class PvMm {
       }
       if (rc < 0) {
         for (let undo = 0; undo < slot; undo++) {
-          if (this.isGuestSlot(d.width, level, type, undo)) this.putPageFromEntry(level, words[undo * 2]!, words[undo * 2 + 1]!, mfn);
+          if (this.isGuestSlot(width, level, type, undo)) this.putPageFromEntry(level, words[undo * 2]!, words[undo * 2 + 1]!, mfn);
         }
+        return rc;
+      }
+    }
+    return 0;
+  }
+
+  /**
+   * validate() for an L1, where every slot is the guest's: the common entry (a frame the
+   * domain owns and holds a reference on, read-only or writable and already a validated
+   * writable page) takes its references inline; anything else goes through getPageFromL1e.
+   * The loop reads constants from locals and works out the frame number of an entry with
+   * no high frame bits in integer arithmetic: it runs for every entry of every L1.
+   */
+  private validateL1(mfn: number, words: Uint32Array, d: MmDomain): number {
+    const { count, typeCount, type, flags } = this.pages;
+    const owner = this.mem.owner;
+    const nrFrames = this.mem.nrFrames;
+    const domid = d.domid;
+    const present = _PAGE_PRESENT;
+    const rw = _PAGE_RW;
+    const disallow = L1_DISALLOW;
+    const hiMask = PTE_MFN_HI_MASK;
+    const writable = PGT.writable;
+    const validated = F_VALIDATED;
+    const n = PTES_PER_TABLE * 2;
+    for (let i = 0; i < n; i += 2) {
+      const lo = words[i]!;
+      if ((lo & present) === 0) continue;
+      const hi = words[i + 1]!;
+      // L1_DISALLOW has no bits above 11, so the high half's flags cannot matter to it.
+      if ((lo & disallow) === 0 && (hi & hiMask) === 0) {
+        const m = lo >>> 12;
+        if (m < nrFrames && owner[m] === domid && count[m]! > 0) {
+          if ((lo & rw) === 0) {
+            count[m]!++;
+            continue;
+          }
+          if (typeCount[m] !== 0 && type[m] === writable && (flags[m]! & validated) !== 0) {
+            count[m]!++;
+            typeCount[m]!++;
+            continue;
+          }
+        }
+      }
+      const rc = this.getPageFromL1e(lo, hi, d, d);
+      if (rc < 0) {
+        for (let undo = 0; undo < i; undo += 2) this.putPageFromEntry(1, words[undo]!, words[undo + 1]!, mfn);
         return rc;
       }
     }
@@ -226,12 +276,40 @@ export class PvMm {
 
   /** free_lN_table: drops every present entry's reference. */
   private devalidate(mfn: number, level: number): void {
+    const words = this.mem.u32(mfn);
+    if (level === 1) {
+      this.devalidateL1(words);
+      return;
+    }
     const d = this.domainById(this.mem.owner[mfn]!);
     const width = d?.width ?? 64;
-    const words = this.mem.u32(mfn);
     const type = this.pages.type[mfn]!;
     for (let slot = 0; slot < PTES_PER_TABLE; slot++) {
       if (this.isGuestSlot(width, level, type, slot)) this.putPageFromEntry(level, words[slot * 2]!, words[slot * 2 + 1]!, mfn);
+    }
+  }
+
+  /**
+   * devalidate() for an L1 (every slot the guest's): references that do not fall to zero are
+   * dropped inline; the last one goes through putPageType / putPage. Written like validateL1.
+   */
+  private devalidateL1(words: Uint32Array): void {
+    const { count, typeCount } = this.pages;
+    const present = _PAGE_PRESENT;
+    const rw = _PAGE_RW;
+    const hiMask = PTE_MFN_HI_MASK;
+    const n = PTES_PER_TABLE * 2;
+    for (let i = 0; i < n; i += 2) {
+      const lo = words[i]!;
+      if ((lo & present) === 0) continue;
+      const hi = words[i + 1]!;
+      const m = (hi & hiMask) === 0 ? lo >>> 12 : pteMfn(lo, hi);
+      if ((lo & rw) !== 0) {
+        if (typeCount[m]! > 1) typeCount[m]!--;
+        else this.putPageType(m);
+      }
+      if (count[m]! > 1) count[m]!--;
+      else this.putPage(m);
     }
   }
 

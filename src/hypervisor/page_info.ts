@@ -12,7 +12,8 @@ export const PGT_TYPE_MASK = 7;
 export const PGT_NAMES = ["none", "l1", "l2", "l3", "l4", "seg_desc", "shared", "writable"] as const;
 
 const F_PINNED = 1;
-const F_VALIDATED = 2;
+/** The validated bit of PageInfo.flags (for loops that test it inline). */
+export const F_VALIDATED = 2;
 
 export class PageInfo {
   /** count_info's reference count. */
@@ -20,7 +21,8 @@ export class PageInfo {
   /** The type, with PGT_PAE_XEN_L2 or'ed in. */
   readonly type: Uint8Array;
   readonly typeCount: Int32Array;
-  private readonly flags: Uint8Array;
+  /** F_PINNED | F_VALIDATED: read it through pinned() / validated() outside hot loops. */
+  readonly flags: Uint8Array;
   /** linear_pt_count: > 0 used as a linear table that many times, < 0 holds that many linear entries. */
   readonly linear: Int32Array;
   /** Flush-clock time at which the type count last fell to 0. */
