@@ -36,6 +36,13 @@ function mayTarget(src: Domain, target: Domain): boolean {
   return src === target || src.privileged;
 }
 
+/** A count with MMU_UPDATE_PREEMPTED set continues a call: the work done so far is in pdone. */
+function continuedCount(hv: Hypervisor, v: Vcpu, countArg: number, pdone: number): { count: number; done: number } {
+  const count = countArg >>> 0;
+  if ((count & MMU_UPDATE_PREEMPTED) === 0) return { count, done: 0 };
+  return { count: count & ~MMU_UPDATE_PREEMPTED, done: pdone !== 0 ? hv.guest.u32(v, pdone) : 0 };
+}
+
 function writeDone(hv: Hypervisor, v: Vcpu, pdone: number, done: number): void {
   if (pdone === 0) return;
   try {
@@ -46,12 +53,7 @@ function writeDone(hv: Hypervisor, v: Vcpu, pdone: number, done: number): void {
 }
 
 export function doMmuUpdate(hv: Hypervisor, v: Vcpu, ureqs: number, countArg: number, pdone: number, foreigndom: number): number {
-  let count = countArg >>> 0;
-  let done = 0;
-  if (count & MMU_UPDATE_PREEMPTED) {
-    count &= ~MMU_UPDATE_PREEMPTED;
-    if (pdone !== 0) done = hv.guest.u32(v, pdone);
-  }
+  const { count, done } = continuedCount(hv, v, countArg, pdone);
   if (!handleOkay(v, ureqs, count * MMU_UPDATE.size)) return -E.EFAULT;
   const d = v.domain;
   let ptOwner = d;
@@ -186,12 +188,7 @@ export function doUpdateVaMapping(hv: Hypervisor, v: Vcpu, va: number, lo: numbe
 }
 
 export function doMmuextOp(hv: Hypervisor, v: Vcpu, uops: number, countArg: number, pdone: number, foreigndom: number): number {
-  let count = countArg >>> 0;
-  let done = 0;
-  if (count & MMU_UPDATE_PREEMPTED) {
-    count &= ~MMU_UPDATE_PREEMPTED;
-    if (pdone !== 0) done = hv.guest.u32(v, pdone);
-  }
+  const { count, done } = continuedCount(hv, v, countArg, pdone);
   const L = v.domain.layout.mmuext_op;
   if (!handleOkay(v, uops, count * L.size)) return -E.EFAULT;
   const pgOwner = pgOwnerOf(hv, v, foreigndom & 0xffff);

@@ -228,50 +228,57 @@ export class PvMm {
   }
 
   /**
-   * validate() for an L1, where every slot is the guest's: the common entry (a frame the
-   * domain owns and holds a reference on, read-only or writable and already a validated
-   * writable page) takes its references inline; anything else goes through getPageFromL1e.
-   * The loop reads constants from locals and works out the frame number of an entry with
-   * no high frame bits in integer arithmetic: it runs for every entry of every L1.
+   * validate() for an L1, where every slot is the guest's: runs of common entries take their
+   * references in l1TakeRefs; anything else goes through getPageFromL1e.
    */
   private validateL1(mfn: number, words: Uint32Array, d: MmDomain): number {
+    const end = PTES_PER_TABLE * 2;
+    for (let i = 0; ; i += 2) {
+      i = this.l1TakeRefs(words, i, d.domid);
+      if (i >= end) return 0;
+      const rc = this.getPageFromL1e(words[i]!, words[i + 1]!, d, d);
+      if (rc < 0) {
+        for (let undo = 0; undo < i; undo += 2) this.putPageFromEntry(1, words[undo]!, words[undo + 1]!, mfn);
+        return rc;
+      }
+    }
+  }
+
+  /**
+   * getPageFromL1e for the entries of an L1 from word `from` on, as long as each is absent or
+   * common: a frame below 2^20 that `domid` owns and holds a reference on, mapped read-only,
+   * or writable while already a validated writable page. Returns the word index of the first
+   * entry that is neither (its references not taken), or the end of the table.
+   *
+   * This runs for every entry of every L1 validated, so its loop makes no calls: a call would
+   * make V8 reload each typed array's data pointer and length on every access.
+   */
+  private l1TakeRefs(words: Uint32Array, from: number, domid: number): number {
     const { count, typeCount, type, flags } = this.pages;
     const owner = this.mem.owner;
     const nrFrames = this.mem.nrFrames;
-    const domid = d.domid;
     const present = _PAGE_PRESENT;
     const rw = _PAGE_RW;
     const disallow = L1_DISALLOW;
     const hiMask = PTE_MFN_HI_MASK;
     const writable = PGT.writable;
     const validated = F_VALIDATED;
-    const n = PTES_PER_TABLE * 2;
-    for (let i = 0; i < n; i += 2) {
+    const end = PTES_PER_TABLE * 2;
+    let i = from;
+    for (; i < end; i += 2) {
       const lo = words[i]!;
       if ((lo & present) === 0) continue;
-      const hi = words[i + 1]!;
       // L1_DISALLOW has no bits above 11, so the high half's flags cannot matter to it.
-      if ((lo & disallow) === 0 && (hi & hiMask) === 0) {
-        const m = lo >>> 12;
-        if (m < nrFrames && owner[m] === domid && count[m]! > 0) {
-          if ((lo & rw) === 0) {
-            count[m]!++;
-            continue;
-          }
-          if (typeCount[m] !== 0 && type[m] === writable && (flags[m]! & validated) !== 0) {
-            count[m]!++;
-            typeCount[m]!++;
-            continue;
-          }
-        }
+      if ((lo & disallow) !== 0 || (words[i + 1]! & hiMask) !== 0) break;
+      const m = lo >>> 12;
+      if (m >= nrFrames || owner[m] !== domid || count[m]! <= 0) break;
+      if ((lo & rw) !== 0) {
+        if (typeCount[m] === 0 || type[m] !== writable || (flags[m]! & validated) === 0) break;
+        typeCount[m]!++;
       }
-      const rc = this.getPageFromL1e(lo, hi, d, d);
-      if (rc < 0) {
-        for (let undo = 0; undo < i; undo += 2) this.putPageFromEntry(1, words[undo]!, words[undo + 1]!, mfn);
-        return rc;
-      }
+      count[m]!++;
     }
-    return 0;
+    return i;
   }
 
   /** free_lN_table: drops every present entry's reference. */
@@ -289,28 +296,42 @@ export class PvMm {
     }
   }
 
-  /**
-   * devalidate() for an L1 (every slot the guest's): references that do not fall to zero are
-   * dropped inline; the last one goes through putPageType / putPage. Written like validateL1.
-   */
+  /** devalidate() for an L1 (every slot the guest's): like validateL1, in runs. */
   private devalidateL1(words: Uint32Array): void {
+    const end = PTES_PER_TABLE * 2;
+    for (let i = 0; ; i += 2) {
+      i = this.l1DropRefs(words, i);
+      if (i >= end) return;
+      this.putPageFromEntry(1, words[i]!, words[i + 1]!, 0);
+    }
+  }
+
+  /**
+   * putPageFromEntry for the entries of an L1 from word `from` on, as long as none drops the
+   * last type or general reference of its frame. Returns the word index of the first entry
+   * that would (its references not dropped), or the end of the table. No calls in the loop,
+   * as in l1TakeRefs.
+   */
+  private l1DropRefs(words: Uint32Array, from: number): number {
     const { count, typeCount } = this.pages;
     const present = _PAGE_PRESENT;
     const rw = _PAGE_RW;
     const hiMask = PTE_MFN_HI_MASK;
-    const n = PTES_PER_TABLE * 2;
-    for (let i = 0; i < n; i += 2) {
+    const end = PTES_PER_TABLE * 2;
+    let i = from;
+    for (; i < end; i += 2) {
       const lo = words[i]!;
       if ((lo & present) === 0) continue;
       const hi = words[i + 1]!;
       const m = (hi & hiMask) === 0 ? lo >>> 12 : pteMfn(lo, hi);
+      if (count[m]! <= 1) break;
       if ((lo & rw) !== 0) {
-        if (typeCount[m]! > 1) typeCount[m]!--;
-        else this.putPageType(m);
+        if (typeCount[m]! <= 1) break;
+        typeCount[m]!--;
       }
-      if (count[m]! > 1) count[m]!--;
-      else this.putPage(m);
+      count[m]!--;
     }
+    return i;
   }
 
   /** get_page_from_lNe for a present entry in slot `slot` of table `tableMfn`. */

@@ -80,10 +80,24 @@ export function guestAddressOk(width: GuestWidth, va: number): boolean {
  * holding `va`, or -1 if some level is not present. Writable needs RW at every level that has one.
  */
 export function walk(mem: MachineMemory, width: GuestWidth, rootMfn: number, va: number): number {
+  return descend(mem, width, rootMfn, va, 1);
+}
+
+/**
+ * The L1 table that maps `va` under `rootMfn` (map_guest_l1e), or -1 when an upper level is
+ * not present.
+ */
+export function findL1(mem: MachineMemory, width: GuestWidth, rootMfn: number, va: number): number {
+  const e = descend(mem, width, rootMfn, va, 2);
+  return e < 0 ? -1 : (e - (e % 2)) / 2;
+}
+
+/** Follows the entries for `va` from the root down to and including level `lowest`. */
+function descend(mem: MachineMemory, width: GuestWidth, rootMfn: number, va: number, lowest: number): number {
   if (rootMfn <= 0 || !guestAddressOk(width, va)) return -1;
   let mfn = rootMfn;
   let rw = _PAGE_RW;
-  for (let level = pagingLevels(width); level >= 1; level--) {
+  for (let level = pagingLevels(width); level >= lowest; level--) {
     if (!mem.isValid(mfn)) return -1;
     const words = mem.u32(mfn);
     const slot = tableIndex(width, va, level);
@@ -94,22 +108,4 @@ export function walk(mem: MachineMemory, width: GuestWidth, rootMfn: number, va:
     mfn = pteMfn(lo, words[slot * 2 + 1]!);
   }
   return mem.isValid(mfn) ? mfn * 2 + (rw !== 0 ? 1 : 0) : -1;
-}
-
-/**
- * The L1 table and slot that map `va` under `rootMfn` (map_guest_l1e), or -1 when an upper
- * level is not present.
- */
-export function findL1(mem: MachineMemory, width: GuestWidth, rootMfn: number, va: number): number {
-  if (rootMfn <= 0 || !guestAddressOk(width, va)) return -1;
-  let mfn = rootMfn;
-  for (let level = pagingLevels(width); level >= 2; level--) {
-    if (!mem.isValid(mfn)) return -1;
-    const words = mem.u32(mfn);
-    const slot = tableIndex(width, va, level);
-    const lo = words[slot * 2]!;
-    if ((lo & _PAGE_PRESENT) === 0) return -1;
-    mfn = pteMfn(lo, words[slot * 2 + 1]!);
-  }
-  return mem.isValid(mfn) ? mfn : -1;
 }
