@@ -84,7 +84,12 @@ export function printTable(rows: readonly BenchRow[]): void {
   console.log(`${"case".padEnd(28)}${"value".padStart(14)} ${"unit".padEnd(14)}${"baseline".padStart(14)}${"ratio".padStart(8)}`);
   for (const r of rows) {
     console.log(
-      `${r.name.padEnd(28)}${r.value.toLocaleString("en-US").padStart(14)} ${r.unit.padEnd(14)}${r.baseline.toLocaleString("en-US").padStart(14)}${r.ratio.toFixed(3).padStart(8)}`,
+      `${r.name.padEnd(28)}${r.value.toLocaleString("en-US").padStart(14)} ${r.unit.padEnd(14)}${r.baseline.toLocaleString("en-US").padStart(14)}${formatRatio(r.ratio).padStart(8)}`,
     );
   }
+}
+
+/** Three decimals, or two significant digits for a ratio too small to show that way. */
+function formatRatio(ratio: number): string {
+  return ratio === 0 || ratio >= 0.001 ? ratio.toFixed(3) : ratio.toExponential(1);
 }

@@ -16,7 +16,7 @@ import {
 } from "../abi/x86.ts";
 import { XEN_ERRNO as E } from "../abi/xen.ts";
 import { MFN_FREE, type MachineMemory } from "./memory.ts";
-import { F_VALIDATED, PageInfo, PGT, PGT_PAE_XEN_L2, PGT_TYPE_MASK } from "./page_info.ts";
+import { F_VALIDATED, HOT, PageInfo, PGT, PGT_PAE_XEN_L2, PGT_TYPE_MASK } from "./page_info.ts";
 import type { Tlb } from "./tlb.ts";
 
 /** What the MMU needs of a domain. */
@@ -254,29 +254,31 @@ export class PvMm {
    * make V8 reload each typed array's data pointer and length on every access.
    */
   private l1TakeRefs(words: Uint32Array, from: number, domid: number): number {
-    const { count, typeCount, type, flags } = this.pages;
+    const hot = this.pages.hot;
     const owner = this.mem.owner;
     const nrFrames = this.mem.nrFrames;
-    const present = _PAGE_PRESENT;
-    const rw = _PAGE_RW;
-    const disallow = L1_DISALLOW;
-    const hiMask = PTE_MFN_HI_MASK;
-    const writable = PGT.writable;
-    const validated = F_VALIDATED;
-    const end = PTES_PER_TABLE * 2;
+    // Where typeCount, type and flags of frame m are in `hot`: m + each of these (its count
+    // is at m: HOT.count is 0).
+    const nr = this.pages.count.length;
+    const tcnt = HOT.typeCount * nr;
+    const typ = HOT.type * nr;
+    const flg = HOT.flags * nr;
     let i = from;
-    for (; i < end; i += 2) {
+    // Literals, checked against their names below the class: V8 compiles this loop better
+    // when it knows them. 1024 = PTES_PER_TABLE * 2; 1 = _PAGE_PRESENT; 0x98 = L1_DISALLOW;
+    // 0xfffff = PTE_MFN_HI_MASK; 2 = _PAGE_RW; 7 = PGT.writable; 2 = F_VALIDATED.
+    for (; i < 1024; i += 2) {
       const lo = words[i]!;
-      if ((lo & present) === 0) continue;
+      if ((lo & 1) === 0) continue;
       // L1_DISALLOW has no bits above 11, so the high half's flags cannot matter to it.
-      if ((lo & disallow) !== 0 || (words[i + 1]! & hiMask) !== 0) break;
+      if ((lo & 0x98) !== 0 || (words[i + 1]! & 0xfffff) !== 0) break;
       const m = lo >>> 12;
-      if (m >= nrFrames || owner[m] !== domid || count[m]! <= 0) break;
-      if ((lo & rw) !== 0) {
-        if (typeCount[m] === 0 || type[m] !== writable || (flags[m]! & validated) === 0) break;
-        typeCount[m]!++;
+      if (m >= nrFrames || owner[m] !== domid || hot[m]! <= 0) break;
+      if ((lo & 2) !== 0) {
+        if (hot[tcnt + m] === 0 || hot[typ + m] !== 7 || (hot[flg + m]! & 2) === 0) break;
+        hot[tcnt + m]!++;
       }
-      count[m]!++;
+      hot[m]!++;
     }
     return i;
   }
@@ -285,7 +287,7 @@ export class PvMm {
   private devalidate(mfn: number, level: number): void {
     const words = this.mem.u32(mfn);
     if (level === 1) {
-      this.devalidateL1(words);
+      this.devalidateL1(mfn, words);
       return;
     }
     const d = this.domainById(this.mem.owner[mfn]!);
@@ -297,12 +299,12 @@ export class PvMm {
   }
 
   /** devalidate() for an L1 (every slot the guest's): like validateL1, in runs. */
-  private devalidateL1(words: Uint32Array): void {
+  private devalidateL1(mfn: number, words: Uint32Array): void {
     const end = PTES_PER_TABLE * 2;
     for (let i = 0; ; i += 2) {
       i = this.l1DropRefs(words, i);
       if (i >= end) return;
-      this.putPageFromEntry(1, words[i]!, words[i + 1]!, 0);
+      this.putPageFromEntry(1, words[i]!, words[i + 1]!, mfn);
     }
   }
 
@@ -313,23 +315,22 @@ export class PvMm {
    * as in l1TakeRefs.
    */
   private l1DropRefs(words: Uint32Array, from: number): number {
-    const { count, typeCount } = this.pages;
-    const present = _PAGE_PRESENT;
-    const rw = _PAGE_RW;
-    const hiMask = PTE_MFN_HI_MASK;
-    const end = PTES_PER_TABLE * 2;
+    const hot = this.pages.hot;
+    const nr = this.pages.count.length;
+    const tcnt = HOT.typeCount * nr;
     let i = from;
-    for (; i < end; i += 2) {
+    // Literals as in l1TakeRefs.
+    for (; i < 1024; i += 2) {
       const lo = words[i]!;
-      if ((lo & present) === 0) continue;
+      if ((lo & 1) === 0) continue;
       const hi = words[i + 1]!;
-      const m = (hi & hiMask) === 0 ? lo >>> 12 : pteMfn(lo, hi);
-      if (count[m]! <= 1) break;
-      if ((lo & rw) !== 0) {
-        if (typeCount[m]! <= 1) break;
-        typeCount[m]!--;
+      const m = (hi & 0xfffff) === 0 ? lo >>> 12 : pteMfn(lo, hi);
+      if (m >= nr || hot[m]! <= 1) break;
+      if ((lo & 2) !== 0) {
+        if (hot[tcnt + m]! <= 1) break;
+        hot[tcnt + m]!--;
       }
-      count[m]!--;
+      hot[m]!--;
     }
     return i;
   }
@@ -445,4 +446,18 @@ export class PvMm {
     this.putPageFromEntry(level, oldLo, oldHi, tableMfn);
     return 0;
   }
+}
+
+// The literals l1TakeRefs and l1DropRefs use instead of these names, and HOT.count's 0.
+if (
+  PTES_PER_TABLE * 2 !== 1024 ||
+  _PAGE_PRESENT !== 1 ||
+  _PAGE_RW !== 2 ||
+  L1_DISALLOW !== 0x98 ||
+  PTE_MFN_HI_MASK !== 0xfffff ||
+  PGT.writable !== 7 ||
+  HOT.count !== 0 ||
+  F_VALIDATED !== 2
+) {
+  throw new Error("mm.ts: the L1 loops' literals no longer match their constants");
 }

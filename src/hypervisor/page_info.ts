@@ -11,28 +11,39 @@ export const PGT_TYPE_MASK = 7;
 
 export const PGT_NAMES = ["none", "l1", "l2", "l3", "l4", "seg_desc", "shared", "writable"] as const;
 
+/** Where each field of PageInfo.hot starts, in multiples of nrFrames. */
+export const HOT = { count: 0, typeCount: 1, type: 2, flags: 3 } as const;
+const HOT_FIELDS = 4;
+
 const F_PINNED = 1;
 /** The validated bit of PageInfo.flags (for loops that test it inline). */
 export const F_VALIDATED = 2;
 
 export class PageInfo {
+  /**
+   * count, typeCount, type and flags, in that order, nrFrames apiece, in one array: the
+   * fields below are views of it. Loops over many entries (PvMm's L1 validation) index this
+   * one array, because V8 re-checks and reloads each typed array an iteration touches.
+   */
+  readonly hot: Int32Array;
   /** count_info's reference count. */
   readonly count: Int32Array;
   /** The type, with PGT_PAE_XEN_L2 or'ed in. */
-  readonly type: Uint8Array;
+  readonly type: Int32Array;
   readonly typeCount: Int32Array;
   /** F_PINNED | F_VALIDATED: read it through pinned() / validated() outside hot loops. */
-  readonly flags: Uint8Array;
+  readonly flags: Int32Array;
   /** linear_pt_count: > 0 used as a linear table that many times, < 0 holds that many linear entries. */
   readonly linear: Int32Array;
   /** Flush-clock time at which the type count last fell to 0. */
   readonly stamp: Float64Array;
 
   constructor(nrFrames: number) {
-    this.count = new Int32Array(nrFrames);
-    this.type = new Uint8Array(nrFrames);
-    this.typeCount = new Int32Array(nrFrames);
-    this.flags = new Uint8Array(nrFrames);
+    this.hot = new Int32Array(nrFrames * HOT_FIELDS);
+    this.count = this.hot.subarray(HOT.count * nrFrames, (HOT.count + 1) * nrFrames);
+    this.typeCount = this.hot.subarray(HOT.typeCount * nrFrames, (HOT.typeCount + 1) * nrFrames);
+    this.type = this.hot.subarray(HOT.type * nrFrames, (HOT.type + 1) * nrFrames);
+    this.flags = this.hot.subarray(HOT.flags * nrFrames, (HOT.flags + 1) * nrFrames);
     this.linear = new Int32Array(nrFrames);
     this.stamp = new Float64Array(nrFrames);
   }
