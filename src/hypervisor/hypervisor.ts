@@ -96,6 +96,9 @@ export class Hypervisor implements VcpuHost, SchedHost, EvtchnHost {
     }
     d.pauseCount = 1;
     this.domains.set(domid, d);
+    // share_xen_page_with_guest: shared_info keeps a writable type for good, so it can never
+    // become a pagetable.
+    this.mm.getPageType(sharedInfoMfn, PGT.writable, d);
     this.log(`Created domain ${domid} (${config.name}): ${config.maxVcpus} vCPUs, ${config.nrPages} pages, ${config.width}-bit`);
     return d;
   }
@@ -164,6 +167,7 @@ export class Hypervisor implements VcpuHost, SchedHost, EvtchnHost {
   private relinquishMemory(d: Domain): void {
     const mm = this.mm;
     this.releaseFifoPages(d);
+    mm.putPageType(d.sharedInfoMfn);
     for (const v of d.vcpus) {
       for (const mfn of [v.guestTable, v.guestTableUser]) if (mfn !== 0) mm.putPageAndType(mfn);
       v.guestTable = 0;

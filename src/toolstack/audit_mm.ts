@@ -22,6 +22,7 @@ export function auditMm(hv: Hypervisor, kernels: ReadonlyMap<number, XenLinux>):
   for (const d of hv.domains.values()) {
     // FIFO control blocks and event arrays: Xen holds a writable type reference on each.
     const fifoPages = [...(d.fifo?.controlBlocks ?? []).map((cb) => cb?.mfn ?? -1), ...(d.fifo?.arrayMfns ?? [])];
+    typeCount[d.sharedInfoMfn]!++; // the writable type shared_info is given at creation
     for (const mfn of fifoPages) {
       if (mfn < 0) continue;
       count[mfn]!++;
