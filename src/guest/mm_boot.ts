@@ -7,10 +7,9 @@ import type { GuestCpu } from "../abi/cpu.ts";
 import type { GuestWidth } from "../abi/layout.ts";
 import { _PAGE_PRESENT, pteHi, pteLo, pteMfn, tableIndex } from "../abi/x86.ts";
 import { HYPERVISOR, UVMF, XEN_PAGE_SIZE } from "../abi/xen.ts";
-import { KERNEL_PROT, KERNEL_PROT_RO } from "./mmu.ts";
+import { KERNEL_PROT, KERNEL_PROT_RO, TABLE_PROT } from "./mmu.ts";
 import { LAZY, type Multicalls } from "./multicalls.ts";
 
-const TABLE_PROT = 0x67; // present, RW, user, accessed, dirty
 /** The direct map's L2 slots stop below the fixmap on PAE (its L1 sits in slot 424). */
 const PAE_DIRECT_MAP_L2_SLOTS = 424;
 

@@ -26,7 +26,7 @@ import type { SmpCalls } from "./smp.ts";
 
 export const KERNEL_PROT = _PAGE_PRESENT | _PAGE_RW | _PAGE_ACCESSED | _PAGE_DIRTY;
 export const KERNEL_PROT_RO = _PAGE_PRESENT | _PAGE_ACCESSED | _PAGE_DIRTY;
-const TABLE_PROT = _PAGE_PRESENT | _PAGE_RW | _PAGE_USER | _PAGE_ACCESSED | _PAGE_DIRTY;
+export const TABLE_PROT = _PAGE_PRESENT | _PAGE_RW | _PAGE_USER | _PAGE_ACCESSED | _PAGE_DIRTY;
 const USER_PROT = _PAGE_PRESENT | _PAGE_USER | _PAGE_ACCESSED | _PAGE_DIRTY;
 
 /** Where user mappings live: from 4 MiB, in one L2's slots 2 and up. */

@@ -6,7 +6,7 @@
 import type { GuestCpu } from "../abi/cpu.ts";
 import type { Layout } from "../abi/layout.ts";
 import { MMU_UPDATE } from "../abi/layout.ts";
-import { HYPERVISOR, MMUEXT } from "../abi/xen.ts";
+import { DOMID_SELF, HYPERVISOR, MMUEXT } from "../abi/xen.ts";
 
 /** MC_BATCH: entries per batch. MC_ARGS: bytes of argument space. */
 export const MC_BATCH = 32;
@@ -136,7 +136,7 @@ export class Multicalls {
       this.arg(cpu, at, 0, args);
       this.arg(cpu, at, 1, 1);
       this.arg(cpu, at, 2, 0);
-      this.arg(cpu, at, 3, 0x7ff0); // DOMID_SELF
+      this.arg(cpu, at, 3, DOMID_SELF);
       b.mmuEntry = b.count - 1;
       req = args;
     }
@@ -164,7 +164,7 @@ export class Multicalls {
     this.arg(cpu, at, 0, args);
     this.arg(cpu, at, 1, 1);
     this.arg(cpu, at, 2, 0);
-    this.arg(cpu, at, 3, 0x7ff0);
+    this.arg(cpu, at, 3, DOMID_SELF);
   }
 
   /**

@@ -5,7 +5,7 @@
 
 import type { GuestCpu } from "../abi/cpu.ts";
 import { PageFault } from "../abi/cpu.ts";
-import { XEN_PAGE_SIZE } from "../abi/xen.ts";
+import { HYPERVISOR, SCHEDOP, XEN_PAGE_SIZE } from "../abi/xen.ts";
 import type { Rng } from "../util/rng.ts";
 import { XEN_IPI } from "./events.ts";
 import { type Mm, USER_BASE, type XenMmu } from "./mmu.ts";
@@ -126,7 +126,7 @@ export class TaskSched {
     }
     if (t.waitId !== 0) {
       if (!this.k.smp.done(t.waitId)) {
-        cpu.hypercall(29 /* sched_op */, 0 /* SCHEDOP_yield */, 0);
+        cpu.hypercall(HYPERVISOR.sched_op, SCHEDOP.yield, 0);
         return true;
       }
       t.waitId = 0;
