@@ -1,0 +1,120 @@
+// The xenstore wire protocol (io/xs_wire.h): message types, error strings, limits, the message
+// header and the shared ring page a domain talks to xenstored through.
+
+/** enum xsd_sockmsg_type, as Xen 4.17 defines it (type 20, XS_RESTRICT, was removed). */
+export const XS = {
+  CONTROL: 0,
+  DIRECTORY: 1,
+  READ: 2,
+  GET_PERMS: 3,
+  WATCH: 4,
+  UNWATCH: 5,
+  TRANSACTION_START: 6,
+  TRANSACTION_END: 7,
+  INTRODUCE: 8,
+  RELEASE: 9,
+  GET_DOMAIN_PATH: 10,
+  WRITE: 11,
+  MKDIR: 12,
+  RM: 13,
+  SET_PERMS: 14,
+  WATCH_EVENT: 15,
+  ERROR: 16,
+  IS_DOMAIN_INTRODUCED: 17,
+  RESUME: 18,
+  SET_TARGET: 19,
+  RESET_WATCHES: 21,
+  DIRECTORY_PART: 22,
+  TYPE_COUNT: 23,
+  INVALID: 0xffff,
+} as const;
+
+/** Names for messages (traces, errors). */
+export const XS_NAMES: Readonly<Record<number, string>> = Object.fromEntries(
+  Object.entries(XS)
+    .filter(([k]) => k !== "TYPE_COUNT" && k !== "INVALID")
+    .map(([k, v]) => [v, k]),
+);
+
+/** xsd_errors[], in the header's order: errors travel as these strings. */
+export const XSD_ERRORS = [
+  "EINVAL",
+  "EACCES",
+  "EEXIST",
+  "EISDIR",
+  "ENOENT",
+  "ENOMEM",
+  "ENOSPC",
+  "EIO",
+  "ENOTEMPTY",
+  "ENOSYS",
+  "EROFS",
+  "EBUSY",
+  "EAGAIN",
+  "EISCONN",
+  "E2BIG",
+  "EPERM",
+] as const;
+export type XsdError = (typeof XSD_ERRORS)[number];
+
+/** enum xs_watch_type: the fields of a WATCH_EVENT payload. */
+export const XS_WATCH_PATH = 0;
+export const XS_WATCH_TOKEN = 1;
+
+/** sizeof(struct xsd_sockmsg): type, req_id, tx_id, len, all u32 little-endian. */
+export const XSD_SOCKMSG_SIZE = 16;
+export const XENSTORE_PAYLOAD_MAX = 4096;
+export const XENSTORE_ABS_PATH_MAX = 3072;
+export const XENSTORE_REL_PATH_MAX = 2048;
+
+/** struct xenstore_domain_interface: two 1 KiB rings and their indexes in one page. */
+export const XENSTORE_RING_SIZE = 1024;
+export const XENSTORE_DOMAIN_INTERFACE = {
+  req: 0,
+  rsp: 1024,
+  req_cons: 2048,
+  req_prod: 2052,
+  rsp_cons: 2056,
+  rsp_prod: 2060,
+  server_features: 2064,
+  connection: 2068,
+  error: 2072,
+  size: 2076,
+} as const;
+export const XENSTORE_SERVER_FEATURE_RECONNECTION = 1;
+export const XENSTORE_SERVER_FEATURE_ERROR = 2;
+export const XENSTORE_CONNECTED = 0;
+export const XENSTORE_RECONNECT = 1;
+export const XENSTORE_ERROR_NONE = 0;
+export const XENSTORE_ERROR_COMM = 1;
+export const XENSTORE_ERROR_RINGIDX = 2;
+export const XENSTORE_ERROR_PROTO = 3;
+
+export interface XsMsgHeader {
+  type: number;
+  reqId: number;
+  txId: number;
+  len: number;
+}
+
+export function readXsHeader(buf: Uint8Array, at = 0): XsMsgHeader {
+  const dv = new DataView(buf.buffer, buf.byteOffset + at, XSD_SOCKMSG_SIZE);
+  return { type: dv.getUint32(0, true), reqId: dv.getUint32(4, true), txId: dv.getUint32(8, true), len: dv.getUint32(12, true) };
+}
+
+/** One whole message: the header followed by `payload`. */
+export function encodeXsMsg(type: number, reqId: number, txId: number, payload: Uint8Array): Uint8Array {
+  const out = new Uint8Array(XSD_SOCKMSG_SIZE + payload.length);
+  const dv = new DataView(out.buffer);
+  dv.setUint32(0, type >>> 0, true);
+  dv.setUint32(4, reqId >>> 0, true);
+  dv.setUint32(8, txId >>> 0, true);
+  dv.setUint32(12, payload.length, true);
+  out.set(payload, XSD_SOCKMSG_SIZE);
+  return out;
+}
+
+/** Strings joined as the protocol wants them: each followed by a NUL. */
+export function xsStrings(...parts: string[]): Uint8Array {
+  return Buffer.from(parts.map((p) => `${p}\0`).join(""), "latin1");
+}
