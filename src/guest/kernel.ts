@@ -4,19 +4,23 @@
 
 import type { GuestCpu, GuestImage } from "../abi/cpu.ts";
 import { type GuestWidth, type Layout, layoutFor } from "../abi/layout.ts";
-import { CALLBACKTYPE, HYPERVISOR, VCPUOP, VGCF_in_kernel, VGCF_online, VIRQ, XEN_PAGE_SIZE } from "../abi/xen.ts";
+import { CALLBACKTYPE, HYPERVISOR, SIF_INITDOMAIN, VCPUOP, VGCF_in_kernel, VGCF_online, VIRQ, XEN_PAGE_SIZE } from "../abi/xen.ts";
 import type { EvtchnBackend } from "./evtchn_backend.ts";
 import { Events2L } from "./events_2l.ts";
 import { EventsFifo, type PageSource } from "./events_fifo.ts";
+import { EvtchnDevice } from "./evtchn_dev.ts";
 import { XEN_IPI, XenEvents } from "./events.ts";
 import { disabledFixes } from "./fixes.ts";
 import { Hypercalls, type Scratch } from "./hypercalls.ts";
+import { ShutdownWatcher } from "./manage.ts";
 import { bootPagetables, FIX_SHARED_INFO } from "./mm_boot.ts";
 import { XenMmu } from "./mmu.ts";
 import { Multicalls } from "./multicalls.ts";
 import { pvclockRead } from "./pvclock.ts";
 import { SmpCalls } from "./smp.ts";
 import { Rng } from "../util/rng.ts";
+import { XenBus } from "./xenbus.ts";
+import { HvcConsole } from "./hvc_console.ts";
 
 /** Kernel text addresses, relative to PAGE_OFFSET (the image is loaded at pfn 0). */
 const SYM = { startup_xen: 0x1000, xen_hypervisor_callback: 0x1100, xen_failsafe_callback: 0x1200, cpu_bringup_and_idle: 0x1300 };
@@ -58,6 +62,13 @@ export class XenLinux implements GuestImage, Scratch, PageSource {
   /** mfn -> pfn, as the read-only M2P table Xen maps for PV guests gives it. */
   readonly m2p = new Map<number, number>();
   workloads: Workload[] = [];
+  /** dom0 only: /dev/xen/evtchn for its user space (xenstored, the toolstack). */
+  evtchnDev: EvtchnDevice | undefined;
+  /** A domU's xenstore connection, and the control/shutdown watch on it. */
+  xenbus: XenBus | undefined;
+  shutdownWatcher: ShutdownWatcher | undefined;
+  /** A domU's PV console (hvc0). */
+  console: HvcConsole | undefined;
   /** printk ring (dmesg). */
   readonly log: string[] = [];
   nrPages = 0;
@@ -88,7 +99,10 @@ export class XenLinux implements GuestImage, Scratch, PageSource {
   }
 
   printk(cpu: GuestCpu, text: string): void {
-    this.log.push(`[${(this.now(cpu) / 1e9).toFixed(6)}] ${text}`);
+    const line = `[${(this.now(cpu) / 1e9).toFixed(6)}] ${text}`;
+    this.log.push(line);
+    if (this.log.length > 4096) this.log.splice(0, 1024);
+    this.console?.write(cpu, `${line}\n`);
   }
 
   // ---- GuestImage ----
@@ -115,6 +129,7 @@ export class XenLinux implements GuestImage, Scratch, PageSource {
     const pc = this.percpu[cpu.vcpuId];
     if (!pc?.online) return;
     this.events.runEoiWorker(cpu);
+    if (this.xenbus?.step(cpu)) return;
     const ws = this.workloads;
     for (let i = 0; i < ws.length; i++) if (ws[i]!.step(this, cpu)) return;
     // Nothing to do: xen_safe_halt.
@@ -224,10 +239,44 @@ export class XenLinux implements GuestImage, Scratch, PageSource {
     for (let c = 0; c < nr; c++) this.bindCpuIrqs(cpu, c);
     this.setupTimer(cpu);
     for (let c = 1; c < nr; c++) this.cpuUp(cpu, c);
+    const flags = cpu.read32(startInfoVa + S.flags);
+    if (flags & SIF_INITDOMAIN) this.evtchnDev = new EvtchnDevice(this.events, this.hc);
+    else {
+      this.consoleInit(cpu, ul(S.console_mfn), cpu.read32(startInfoVa + S.console_evtchn));
+      this.xenbusInit(cpu, ul(S.store_mfn), cpu.read32(startInfoVa + S.store_evtchn));
+    }
     this.workloads = this.makeWorkloads(this);
     for (const w of this.workloads) w.start(this, cpu);
     this.booted = true;
     this.irqRestore(cpu, false);
+  }
+
+  /** xen_hvc_init: hvc0 on the console page; what printk said before it is replayed. */
+  private consoleInit(cpu: GuestCpu, mfn: number, port: number): void {
+    const pfn = this.m2p.get(mfn);
+    if (port === 0 || pfn === undefined) return;
+    const hvc = new HvcConsole(this.events, cpu.pageWords(this.va(pfn)), port);
+    if (hvc.init(cpu) < 0) return;
+    this.console = hvc;
+    hvc.write(cpu, this.log.map((l) => `${l}\n`).join(""));
+  }
+
+  /** xenbus_init and the xenstore-ready notifier's setup_shutdown_watcher, for a domU. */
+  private xenbusInit(cpu: GuestCpu, storeMfn: number, port: number): void {
+    const pfn = this.m2p.get(storeMfn);
+    if (port === 0 || pfn === undefined) {
+      this.printk(cpu, "xenbus: no xenstore ring in start_info");
+      return;
+    }
+    const xb = new XenBus(this.events, cpu.pageWords(this.va(pfn)), port, (c, t) => this.printk(c, t));
+    const rc = xb.init(cpu);
+    if (rc < 0) {
+      this.printk(cpu, `xenbus: cannot bind the store channel: ${rc}`);
+      return;
+    }
+    this.xenbus = xb;
+    this.shutdownWatcher = new ShutdownWatcher(xb, this.hc, (c, t) => this.printk(c, t));
+    this.shutdownWatcher.setup(cpu);
   }
 
   /** A kernel pointer: on x86_64 a sign-extended canonical address, kept exact as a number. */

@@ -29,6 +29,11 @@ export interface DomainSpec {
   maxEventChannels: number;
   cmdline: string;
   privileged: boolean;
+  /**
+   * The domain that serves xenstore and the console (dom0): the builder allocates the two unbound
+   * channels for it, as libxl does; undefined leaves store_evtchn and console_evtchn at 0.
+   */
+  backendDomid?: number;
 }
 
 /** Pages the kernel image occupies from pfn 0 (its text; the model's code lives in TS). */
@@ -39,6 +44,8 @@ export interface BuiltDomain {
   startInfoPfn: number;
   storePfn: number;
   consolePfn: number;
+  storeEvtchn: number;
+  consoleEvtchn: number;
 }
 
 export function buildDomain(hv: Hypervisor, spec: DomainSpec, image: GuestImage): BuiltDomain {
@@ -79,10 +86,17 @@ export function buildDomain(hv: Hypervisor, spec: DomainSpec, image: GuestImage)
   putUlong(si, S.nr_pages, nrPages, L.ulong);
   putUlong(si, S.shared_info, d.sharedInfoMfn * XEN_PAGE_SIZE, L.ulong);
   si.setUint32(S.flags, spec.privileged ? SIF_PRIVILEGED | SIF_INITDOMAIN : 0, true);
+  let storeEvtchn = 0;
+  let consoleEvtchn = 0;
+  if (spec.backendDomid !== undefined) {
+    storeEvtchn = hv.allocUnboundFor(d, spec.backendDomid);
+    consoleEvtchn = hv.allocUnboundFor(d, spec.backendDomid);
+    if (storeEvtchn < 0 || consoleEvtchn < 0) throw new Error(`${spec.name}: cannot allocate the store and console channels`);
+  }
   putUlong(si, S.store_mfn, d.p2m[storePfn]!, L.ulong);
-  si.setUint32(S.store_evtchn, 0, true);
+  si.setUint32(S.store_evtchn, storeEvtchn, true);
   putUlong(si, S.console_mfn, d.p2m[consolePfn]!, L.ulong);
-  si.setUint32(S.console_evtchn, 0, true);
+  si.setUint32(S.console_evtchn, consoleEvtchn, true);
   putUlong(si, S.pt_base, va(ptBasePfn), L.ulong);
   putUlong(si, S.nr_pt_frames, nrPtFrames, L.ulong);
   putUlong(si, S.mfn_list, va(mfnListPfn), L.ulong);
@@ -93,7 +107,7 @@ export function buildDomain(hv: Hypervisor, spec: DomainSpec, image: GuestImage)
   const rootMfn = buildPagetables(hv, d, ptBasePfn, nrPtFrames, ptBasePfn + nrPtFrames + BOOTSTRAP_PAGES);
   const rc = hv.setBootContext(d, image.entry, va(startInfoPfn), rootMfn);
   if (rc < 0) throw new Error(`${spec.name}: the initial base pointer was refused (${rc})`);
-  return { domain: d, startInfoPfn, storePfn, consolePfn };
+  return { domain: d, startInfoPfn, storePfn, consolePfn, storeEvtchn, consoleEvtchn };
 }
 
 /** The pages mapped beyond the pagetables, for the kernel's first allocations (xc_dom's 512 KiB). */

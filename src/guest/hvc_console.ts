@@ -1,0 +1,60 @@
+// The PV console (Linux drivers/tty/hvc/hvc_xen.c): kernel messages go into the console page's
+// output ring and console_evtchn tells xenconsoled. Output that finds the ring full waits in
+// the kernel until xenconsoled has drained some (its kick arrives as the same event).
+
+import type { GuestCpu } from "../abi/cpu.ts";
+import { XENCONS_INTERFACE as CONS } from "../abi/console.ts";
+import type { XenEvents } from "./events.ts";
+
+/** Output the kernel keeps while the ring is full, beyond which the oldest is dropped. */
+const BACKLOG_MAX = 64 * 1024;
+
+export class HvcConsole {
+  private readonly page: Uint8Array;
+  private readonly idx: DataView;
+  private irq = -1;
+  private backlog = "";
+  dropped = 0;
+
+  constructor(
+    private readonly events: XenEvents,
+    pageWords: Uint32Array,
+    readonly port: number,
+  ) {
+    this.page = new Uint8Array(pageWords.buffer, pageWords.byteOffset, 4096);
+    this.idx = new DataView(pageWords.buffer, pageWords.byteOffset, 4096);
+    events.registerHandler("hvc_console", (cpu) => this.flush(cpu));
+  }
+
+  init(cpu: GuestCpu): number {
+    const irq = this.events.bindEvtchnToIrqhandler(cpu, this.port, "hvc_console", 0);
+    if (irq < 0) return irq;
+    this.irq = irq;
+    return 0;
+  }
+
+  /** domU_write_console. */
+  write(cpu: GuestCpu, text: string): void {
+    this.backlog += text;
+    if (this.backlog.length > BACKLOG_MAX) {
+      this.dropped += this.backlog.length - BACKLOG_MAX;
+      this.backlog = this.backlog.slice(this.backlog.length - BACKLOG_MAX);
+    }
+    this.flush(cpu);
+  }
+
+  private flush(cpu: GuestCpu): void {
+    if (this.backlog.length === 0 || this.irq < 0) return;
+    const cons = this.idx.getUint32(CONS.out_cons, true);
+    const prod = this.idx.getUint32(CONS.out_prod, true);
+    const used = (prod - cons) >>> 0;
+    // A ring xenconsoled left inconsistent is not written into.
+    if (used > CONS.out_size) return;
+    const n = Math.min(CONS.out_size - used, this.backlog.length);
+    if (n === 0) return;
+    for (let i = 0; i < n; i++) this.page[CONS.out + ((prod + i) & (CONS.out_size - 1))] = this.backlog.charCodeAt(i) & 0xff;
+    this.idx.setUint32(CONS.out_prod, (prod + n) >>> 0, true);
+    this.backlog = this.backlog.slice(n);
+    this.events.notifyRemoteViaIrq(cpu, this.irq);
+  }
+}

@@ -1,0 +1,83 @@
+// Shutdown requests from the toolstack (Linux drivers/xen/manage.c): the guest advertises what it
+// handles under control/feature-*, watches control/shutdown, and on a change reads the request in
+// a transaction, clears what it recognises, commits (again on EAGAIN) and then acts.
+
+import type { GuestCpu } from "../abi/cpu.ts";
+import { SHUTDOWN } from "../abi/xen.ts";
+import type { Hypercalls } from "./hypercalls.ts";
+import type { XenBus } from "./xenbus.ts";
+
+/** The requests this kernel acts on; suspend is advertised but not carried out yet. */
+const SHUTDOWN_HANDLERS: Readonly<Record<string, number>> = {
+  poweroff: SHUTDOWN.poweroff,
+  halt: SHUTDOWN.poweroff,
+  reboot: SHUTDOWN.reboot,
+};
+
+export class ShutdownWatcher {
+  /** Requests seen, handled or ignored (for tests and dmesg). */
+  readonly seen: string[] = [];
+  /** Commits that came back EAGAIN and were retried. */
+  retries = 0;
+
+  constructor(
+    private readonly xs: XenBus,
+    private readonly hc: Hypercalls,
+    private readonly log: (cpu: GuestCpu, text: string) => void,
+  ) {}
+
+  /** setup_shutdown_watcher. */
+  setup(cpu: GuestCpu): void {
+    for (const feature of ["poweroff", "reboot", "suspend"]) {
+      this.xs.write(cpu, 0, `control/feature-${feature}`, "1", (c, err) => {
+        if (err) this.log(c, `xen: failed to set control/feature-${feature}: ${err}`);
+      });
+    }
+    this.xs.watch(
+      cpu,
+      "control/shutdown",
+      "shutdown",
+      (c) => this.shutdownHandler(c),
+      (c, err) => {
+        if (err) this.log(c, `xen: failed to set shutdown watcher: ${err}`);
+      },
+    );
+  }
+
+  /** shutdown_handler. */
+  private shutdownHandler(cpu: GuestCpu): void {
+    this.xs.transactionStart(cpu, (c, err, tx) => {
+      if (err) return;
+      this.xs.read(c, tx, "control/shutdown", (c2, rerr, request) => {
+        if (rerr) {
+          this.xs.transactionEnd(c2, tx, true, () => {});
+          return;
+        }
+        const reason = SHUTDOWN_HANDLERS[request];
+        const end = (c3: GuestCpu) =>
+          this.xs.transactionEnd(c3, tx, false, (c4, eerr) => {
+            if (eerr === "EAGAIN") {
+              this.retries++;
+              this.shutdownHandler(c4);
+              return;
+            }
+            this.act(c4, request, reason);
+          });
+        // Only a request we will carry out is acknowledged.
+        if (reason !== undefined) this.xs.write(c2, tx, "control/shutdown", "", (c3) => end(c3));
+        else end(c2);
+      });
+    });
+  }
+
+  private act(cpu: GuestCpu, request: string, reason: number | undefined): void {
+    if (request === "") return;
+    this.seen.push(request);
+    if (reason === undefined) {
+      this.log(cpu, `xen:manage: Ignoring shutdown request: ${request}`);
+      return;
+    }
+    this.log(cpu, reason === SHUTDOWN.reboot ? "reboot: Restarting system" : "reboot: Power down");
+    this.hc.shutdown(cpu, reason);
+  }
+}

@@ -1,0 +1,241 @@
+// The guest's xenstore client (Linux drivers/xen/xenbus/xenbus_comms.c and xenbus_xs.c): requests
+// and replies travel through the xenstore_domain_interface page start_info.store_mfn names, and
+// the domain kicks xenstored through store_evtchn.
+//
+// The interrupt only moves bytes between the rings and the kernel's buffers; complete messages
+// are handled later, one per `step`, by the xenbus/xenwatch kernel threads' stand-in, so a reply
+// callback never runs in interrupt context.
+
+import type { GuestCpu } from "../abi/cpu.ts";
+import {
+  encodeXsMsg,
+  readXsHeader,
+  XENSTORE_DOMAIN_INTERFACE as RING,
+  XENSTORE_PAYLOAD_MAX,
+  XENSTORE_RING_SIZE,
+  XS,
+  XS_NAMES,
+  XSD_SOCKMSG_SIZE,
+  xsStrings,
+} from "../abi/xs_wire.ts";
+import type { XenEvents } from "./events.ts";
+
+/** A reply: `err` is xenstored's error string (EAGAIN, ENOENT...) or undefined. */
+export type XsReply = (cpu: GuestCpu, err: string | undefined, payload: Uint8Array) => void;
+/** A watch callback: the path that changed and the token it was registered with. */
+export type XsWatchFn = (cpu: GuestCpu, path: string, token: string) => void;
+
+/** The transaction id of requests outside any transaction (XBT_NIL). */
+export const XBT_NIL = 0;
+
+interface Pending {
+  reqId: number;
+  type: number;
+  reply: XsReply;
+}
+
+export class XenBus {
+  private readonly ring: Uint8Array;
+  private readonly idx: DataView;
+  private irq = -1;
+  private nextReqId = 1;
+  /** Bytes waiting for room in the request ring. */
+  private outbuf: Uint8Array[] = [];
+  /** Bytes read from the response ring, not yet a whole message. */
+  private inbuf = new Uint8Array(0);
+  private readonly pending: Pending[] = [];
+  /** Whole messages read from the ring, handled one per step. */
+  private readonly inbox: { type: number; reqId: number; payload: Uint8Array }[] = [];
+  private readonly watches = new Map<string, XsWatchFn>();
+  /** Set when the ring broke (bad indexes, oversized message): no more traffic. */
+  broken: string | undefined;
+  requests = 0;
+  watchEvents = 0;
+
+  constructor(
+    private readonly events: XenEvents,
+    /** The ring page's words, through the kernel's own mapping of it. */
+    ringWords: Uint32Array,
+    readonly port: number,
+    private readonly log: (cpu: GuestCpu, text: string) => void,
+  ) {
+    this.ring = new Uint8Array(ringWords.buffer, ringWords.byteOffset, 4096);
+    this.idx = new DataView(ringWords.buffer, ringWords.byteOffset, 4096);
+    events.registerHandler("xenbus", (cpu) => this.interrupt(cpu));
+  }
+
+  /** xenbus_init for a domU: the store channel gets its irq. Returns 0 or -errno. */
+  init(cpu: GuestCpu): number {
+    const irq = this.events.bindEvtchnToIrqhandler(cpu, this.port, "xenbus", 0);
+    if (irq < 0) return irq;
+    this.irq = irq;
+    // Anything xenstored wrote before we listened.
+    this.interrupt(cpu);
+    return 0;
+  }
+
+  // ---- requests (xs_talkv) ----
+
+  request(cpu: GuestCpu, type: number, tx: number, parts: string[], reply: XsReply, rawTail?: Uint8Array): void {
+    const head = xsStrings(...parts);
+    let payload = head;
+    if (rawTail) {
+      payload = new Uint8Array(head.length + rawTail.length);
+      payload.set(head);
+      payload.set(rawTail, head.length);
+    }
+    if (payload.length > XENSTORE_PAYLOAD_MAX) {
+      reply(cpu, "E2BIG", new Uint8Array(0));
+      return;
+    }
+    if (this.broken) {
+      reply(cpu, "EIO", new Uint8Array(0));
+      return;
+    }
+    const reqId = this.nextReqId++ >>> 0;
+    this.pending.push({ reqId, type, reply });
+    this.outbuf.push(encodeXsMsg(type, reqId, tx, payload));
+    this.requests++;
+    this.pushRequests(cpu);
+  }
+
+  read(cpu: GuestCpu, tx: number, path: string, done: (cpu: GuestCpu, err: string | undefined, value: string) => void): void {
+    this.request(cpu, XS.READ, tx, [path], (c, err, p) => done(c, err, latin1(p)));
+  }
+
+  /** xenbus_write: the value has no NUL of its own. */
+  write(cpu: GuestCpu, tx: number, path: string, value: string, done: (cpu: GuestCpu, err: string | undefined) => void): void {
+    this.request(cpu, XS.WRITE, tx, [path], (c, err) => done(c, err), Buffer.from(value, "latin1"));
+  }
+
+  directory(cpu: GuestCpu, tx: number, path: string, done: (cpu: GuestCpu, err: string | undefined, names: string[]) => void): void {
+    this.request(cpu, XS.DIRECTORY, tx, [path], (c, err, p) => done(c, err, err ? [] : splitStrings(p)));
+  }
+
+  transactionStart(cpu: GuestCpu, done: (cpu: GuestCpu, err: string | undefined, tx: number) => void): void {
+    this.request(cpu, XS.TRANSACTION_START, XBT_NIL, [""], (c, err, p) => done(c, err, err ? 0 : Number(latin1(p))));
+  }
+
+  /** Ends `tx`: commits unless `abort`. EAGAIN means another writer got there first: retry. */
+  transactionEnd(cpu: GuestCpu, tx: number, abort: boolean, done: (cpu: GuestCpu, err: string | undefined) => void): void {
+    this.request(cpu, XS.TRANSACTION_END, tx, [abort ? "F" : "T"], (c, err) => done(c, err));
+  }
+
+  /** register_xenbus_watch: `fn` runs for the initial event and every change under `path`. */
+  watch(cpu: GuestCpu, path: string, token: string, fn: XsWatchFn, done: (cpu: GuestCpu, err: string | undefined) => void): void {
+    this.watches.set(token, fn);
+    this.request(cpu, XS.WATCH, XBT_NIL, [path, token], (c, err) => {
+      if (err) this.watches.delete(token);
+      done(c, err);
+    });
+  }
+
+  get outstanding(): number {
+    return this.pending.length;
+  }
+
+  // ---- the kernel threads' work ----
+
+  /** Handles one message read from the ring. Returns false if there was none. */
+  step(cpu: GuestCpu): boolean {
+    const msg = this.inbox.shift();
+    if (!msg) return false;
+    if (msg.type === XS.WATCH_EVENT) {
+      this.watchEvents++;
+      const [path = "", token = ""] = splitStrings(msg.payload);
+      const fn = this.watches.get(token);
+      if (fn) fn(cpu, path, token);
+      return true;
+    }
+    const i = this.pending.findIndex((p) => p.reqId === msg.reqId);
+    if (i < 0) {
+      this.log(cpu, `xenbus: reply ${msg.reqId} (${XS_NAMES[msg.type] ?? msg.type}) matches no request`);
+      return true;
+    }
+    const req = this.pending.splice(i, 1)[0]!;
+    if (msg.type === XS.ERROR) req.reply(cpu, latin1(msg.payload).replace(/\0$/, ""), new Uint8Array(0));
+    else if (msg.type !== req.type) req.reply(cpu, "EINVAL", new Uint8Array(0));
+    else req.reply(cpu, undefined, msg.payload);
+    return true;
+  }
+
+  // ---- the rings (xb_write / xb_read) ----
+
+  /** The store irq: take what xenstored wrote, give it more requests, kick it if we did either. */
+  private interrupt(cpu: GuestCpu): void {
+    if (this.broken) return;
+    const consumed = this.pullReplies(cpu);
+    const produced = this.pushRequests(cpu, false);
+    if ((consumed || produced) && this.irq >= 0) this.events.notifyRemoteViaIrq(cpu, this.irq);
+  }
+
+  /** Copies request bytes into the ring as room allows. */
+  private pushRequests(cpu: GuestCpu, kick = true): boolean {
+    let wrote = false;
+    while (this.outbuf.length > 0 && !this.broken) {
+      const cons = this.idx.getUint32(RING.req_cons, true);
+      const prod = this.idx.getUint32(RING.req_prod, true);
+      const used = (prod - cons) >>> 0;
+      if (used > XENSTORE_RING_SIZE) return this.fail(cpu, `illegal request ring indexes ${cons}/${prod}`);
+      const room = XENSTORE_RING_SIZE - used;
+      if (room === 0) break;
+      const chunk = this.outbuf[0]!;
+      const n = Math.min(room, chunk.length);
+      for (let i = 0; i < n; i++) this.ring[RING.req + ((prod + i) & (XENSTORE_RING_SIZE - 1))] = chunk[i]!;
+      // The bytes must be in place before the producer index moves (wmb).
+      this.idx.setUint32(RING.req_prod, (prod + n) >>> 0, true);
+      if (n === chunk.length) this.outbuf.shift();
+      else this.outbuf[0] = chunk.subarray(n);
+      wrote = true;
+    }
+    if (wrote && kick && this.irq >= 0) this.events.notifyRemoteViaIrq(cpu, this.irq);
+    return wrote;
+  }
+
+  /** Moves response bytes into inbuf and whole messages into the inbox. */
+  private pullReplies(cpu: GuestCpu): boolean {
+    const cons = this.idx.getUint32(RING.rsp_cons, true);
+    const prod = this.idx.getUint32(RING.rsp_prod, true);
+    const avail = (prod - cons) >>> 0;
+    if (avail === 0) return false;
+    if (avail > XENSTORE_RING_SIZE) {
+      this.fail(cpu, `illegal response ring indexes ${cons}/${prod}`);
+      return false;
+    }
+    const grown = new Uint8Array(this.inbuf.length + avail);
+    grown.set(this.inbuf);
+    for (let i = 0; i < avail; i++) grown[this.inbuf.length + i] = this.ring[RING.rsp + ((cons + i) & (XENSTORE_RING_SIZE - 1))]!;
+    this.idx.setUint32(RING.rsp_cons, (cons + avail) >>> 0, true);
+    let at = 0;
+    while (grown.length - at >= XSD_SOCKMSG_SIZE) {
+      const h = readXsHeader(grown, at);
+      if (h.len > XENSTORE_PAYLOAD_MAX) {
+        this.fail(cpu, `message of ${h.len} bytes from xenstored`);
+        return true;
+      }
+      if (grown.length - at < XSD_SOCKMSG_SIZE + h.len) break;
+      const payload = grown.slice(at + XSD_SOCKMSG_SIZE, at + XSD_SOCKMSG_SIZE + h.len);
+      this.inbox.push({ type: h.type, reqId: h.reqId, payload });
+      at += XSD_SOCKMSG_SIZE + h.len;
+    }
+    this.inbuf = grown.slice(at);
+    return true;
+  }
+
+  private fail(cpu: GuestCpu, why: string): false {
+    this.broken = why;
+    this.log(cpu, `xenbus: ${why}; the store connection is dead`);
+    return false;
+  }
+}
+
+function latin1(p: Uint8Array): string {
+  return Buffer.from(p.buffer, p.byteOffset, p.length).toString("latin1");
+}
+
+/** NUL-separated strings, without the empty tail after the last NUL. */
+function splitStrings(p: Uint8Array): string[] {
+  const parts = latin1(p).split("\0");
+  if (parts.length > 0 && parts[parts.length - 1] === "") parts.pop();
+  return parts;
+}
