@@ -1,4 +1,4 @@
-// Proves src/abi/xen.ts and src/abi/layout.ts against Xen 4.17's real public headers.
+// Proves src/abi/xen.ts, src/abi/layout.ts and src/abi/xs_wire.ts against Xen 4.17's real public headers.
 //
 // The headers come from Debian's libxen-dev, unpacked by the xen-oracles setup.sh under
 // $XEN_ROOT/usr/include/xen. We generate C that includes them and let gcc compute every number:
@@ -42,6 +42,31 @@ import {
   VCPU_SET_PERIODIC_TIMER,
 } from "../src/abi/layout.ts";
 import * as xenAbi from "../src/abi/xen.ts";
+import * as xsWireAbi from "../src/abi/xs_wire.ts";
+import {
+  encodeXsMsg,
+  readXsHeader,
+  XENSTORE_ABS_PATH_MAX,
+  XENSTORE_CONNECTED,
+  XENSTORE_DOMAIN_INTERFACE,
+  XENSTORE_ERROR_COMM,
+  XENSTORE_ERROR_NONE,
+  XENSTORE_ERROR_PROTO,
+  XENSTORE_ERROR_RINGIDX,
+  XENSTORE_PAYLOAD_MAX,
+  XENSTORE_RECONNECT,
+  XENSTORE_REL_PATH_MAX,
+  XENSTORE_RING_SIZE,
+  XENSTORE_SERVER_FEATURE_ERROR,
+  XENSTORE_SERVER_FEATURE_RECONNECTION,
+  XS,
+  XS_NAMES,
+  XS_WATCH_PATH,
+  XS_WATCH_TOKEN,
+  XSD_ERRORS,
+  XSD_SOCKMSG_SIZE,
+  xsStrings,
+} from "../src/abi/xs_wire.ts";
 import {
   CALLBACKOP,
   CALLBACKTYPE,
@@ -439,7 +464,87 @@ function fixedGroups(): CheckGroup[] {
 /** layout.ts exports checked elsewhere than through LAYOUT_STRUCTS / FIXED_STRUCTS. */
 const LAYOUT_TS_OTHER_EXPORTS: readonly string[] = ["LAYOUT_X86_64", "LAYOUT_X86_32", "layoutFor", "EVTCHN_OP"];
 
-const GROUPS: readonly CheckGroup[] = [...CONSTANT_GROUPS, ...layoutGroups(), ...fixedGroups()];
+// --- xenstore wire protocol (src/abi/xs_wire.ts against io/xs_wire.h) -------------------------
+//
+// Probed in the x86_64 guest TU, which also includes <errno.h> so that the header defines its
+// xsd_errors[] table (it does so only when EINVAL is defined).
+
+function guestCheck(name: string, ts: number, expr: string): FieldCheck {
+  return { name, ts, unit: "guest", expr };
+}
+
+/** A C string as a char array of codes: probe keys are printed into JSON, so no quotes in them. */
+function cChars(s: string): string {
+  return `((const char[]){${[...s].map((c) => c.charCodeAt(0)).join(",")},0})`;
+}
+
+/** Single constants of xs_wire.ts: export name -> [value, C expression]. */
+const XS_WIRE_SCALARS: Readonly<Record<string, readonly [number, string]>> = {
+  XS_WATCH_PATH: [XS_WATCH_PATH, "XS_WATCH_PATH"],
+  XS_WATCH_TOKEN: [XS_WATCH_TOKEN, "XS_WATCH_TOKEN"],
+  XSD_SOCKMSG_SIZE: [XSD_SOCKMSG_SIZE, "sizeof(struct xsd_sockmsg)"],
+  XENSTORE_PAYLOAD_MAX: [XENSTORE_PAYLOAD_MAX, "XENSTORE_PAYLOAD_MAX"],
+  XENSTORE_ABS_PATH_MAX: [XENSTORE_ABS_PATH_MAX, "XENSTORE_ABS_PATH_MAX"],
+  XENSTORE_REL_PATH_MAX: [XENSTORE_REL_PATH_MAX, "XENSTORE_REL_PATH_MAX"],
+  XENSTORE_RING_SIZE: [XENSTORE_RING_SIZE, "XENSTORE_RING_SIZE"],
+  XENSTORE_SERVER_FEATURE_RECONNECTION: [XENSTORE_SERVER_FEATURE_RECONNECTION, "XENSTORE_SERVER_FEATURE_RECONNECTION"],
+  XENSTORE_SERVER_FEATURE_ERROR: [XENSTORE_SERVER_FEATURE_ERROR, "XENSTORE_SERVER_FEATURE_ERROR"],
+  XENSTORE_CONNECTED: [XENSTORE_CONNECTED, "XENSTORE_CONNECTED"],
+  XENSTORE_RECONNECT: [XENSTORE_RECONNECT, "XENSTORE_RECONNECT"],
+  XENSTORE_ERROR_NONE: [XENSTORE_ERROR_NONE, "XENSTORE_ERROR_NONE"],
+  XENSTORE_ERROR_COMM: [XENSTORE_ERROR_COMM, "XENSTORE_ERROR_COMM"],
+  XENSTORE_ERROR_RINGIDX: [XENSTORE_ERROR_RINGIDX, "XENSTORE_ERROR_RINGIDX"],
+  XENSTORE_ERROR_PROTO: [XENSTORE_ERROR_PROTO, "XENSTORE_ERROR_PROTO"],
+};
+
+/** struct xsd_sockmsg: the header readXsHeader and encodeXsMsg lay out (u32 little-endian each). */
+const XSD_SOCKMSG_FIELDS = { type: 0, req_id: 4, tx_id: 8, len: 12 } as const;
+
+const XS_WIRE_GROUPS: readonly CheckGroup[] = [
+  {
+    suite: "constants (src/abi/xs_wire.ts)",
+    title: "XS (enum xsd_sockmsg_type)",
+    checks: Object.entries(XS).map(([k, v]) => guestCheck(`XS.${k}`, v, `XS_${k}`)),
+  },
+  {
+    // A static array of the header: each entry's string and errno, and their number.
+    suite: "constants (src/abi/xs_wire.ts)",
+    title: "XSD_ERRORS (xsd_errors[], in order)",
+    checks: [
+      guestCheck("XSD_ERRORS.length", XSD_ERRORS.length, "sizeof(xsd_errors) / sizeof(xsd_errors[0])"),
+      ...XSD_ERRORS.flatMap((e, i) => [
+        guestCheck(`XSD_ERRORS[${i}] string`, 1, `strcmp(xsd_errors[${i}].errstring, ${cChars(e)}) == 0`),
+        guestCheck(`XSD_ERRORS[${i}] errnum`, 1, `xsd_errors[${i}].errnum == ${e}`),
+      ]),
+    ],
+  },
+  {
+    suite: "constants (src/abi/xs_wire.ts)",
+    title: "XS_WATCH_*, XSD_SOCKMSG_SIZE, XENSTORE_* limits, feature bits and states",
+    checks: Object.entries(XS_WIRE_SCALARS).map(([k, [v, expr]]) => guestCheck(k, v, expr)),
+  },
+  {
+    suite: "constants (src/abi/xs_wire.ts)",
+    title: "XENSTORE_DOMAIN_INTERFACE (struct xenstore_domain_interface)",
+    checks: Object.entries(XENSTORE_DOMAIN_INTERFACE).map(([k, v]) =>
+      guestCheck(
+        `XENSTORE_DOMAIN_INTERFACE.${k}`,
+        v,
+        k === "size" ? "sizeof(struct xenstore_domain_interface)" : `offsetof(struct xenstore_domain_interface, ${k})`,
+      ),
+    ),
+  },
+  {
+    suite: "constants (src/abi/xs_wire.ts)",
+    title: "struct xsd_sockmsg (readXsHeader, encodeXsMsg)",
+    checks: Object.entries(XSD_SOCKMSG_FIELDS).map(([k, v]) => guestCheck(`xsd_sockmsg.${k}`, v, `offsetof(struct xsd_sockmsg, ${k})`)),
+  },
+];
+
+/** xs_wire.ts exports checked elsewhere than in XS_WIRE_GROUPS' constants (by the derived tests). */
+const XS_WIRE_OTHER_EXPORTS: readonly string[] = ["XS_NAMES", "XSD_ERRORS", "XENSTORE_DOMAIN_INTERFACE", "XS", "readXsHeader", "encodeXsMsg", "xsStrings"];
+
+const GROUPS: readonly CheckGroup[] = [...CONSTANT_GROUPS, ...XS_WIRE_GROUPS, ...layoutGroups(), ...fixedGroups()];
 
 // ---------------------------------------------------------------------------------------------
 // The C programs
@@ -475,6 +580,9 @@ function putCalls(checks: readonly FieldCheck[]): string {
 
 function nativeGuestSource(checks: readonly FieldCheck[]): string {
   return `${PRELUDE}#include <stdio.h>
+#include <errno.h> /* before xs_wire.h: it defines xsd_errors[] only if EINVAL is defined */
+#include <string.h>
+#include <xen/io/xs_wire.h>
 #undef xen_wc_sec_hi
 #include <xen/foreign/x86_32.h>
 #undef xen_wc_sec_hi
@@ -661,6 +769,32 @@ describe("derived facts", () => {
   });
 });
 
+describe("derived facts (src/abi/xs_wire.ts)", () => {
+  test("XS_NAMES names every message type of XS", () => {
+    for (const [k, v] of Object.entries(XS)) {
+      if (k === "TYPE_COUNT" || k === "INVALID") assert.equal(XS_NAMES[v], undefined, k);
+      else assert.equal(XS_NAMES[v], k);
+    }
+  });
+
+  test("encodeXsMsg and readXsHeader put the fields where struct xsd_sockmsg has them, little-endian", () => {
+    const payload = xsStrings("/a", "b");
+    assert.deepEqual([...payload], [0x2f, 0x61, 0, 0x62, 0]);
+    const m = encodeXsMsg(XS.WRITE, 0x01020304, 0xa0b0c0d0, payload);
+    assert.equal(m.length, XSD_SOCKMSG_SIZE + payload.length);
+    const dv = new DataView(m.buffer, m.byteOffset, m.length);
+    assert.equal(dv.getUint32(XSD_SOCKMSG_FIELDS.type, true), XS.WRITE);
+    assert.equal(dv.getUint32(XSD_SOCKMSG_FIELDS.req_id, true), 0x01020304);
+    assert.equal(dv.getUint32(XSD_SOCKMSG_FIELDS.tx_id, true), 0xa0b0c0d0);
+    assert.equal(dv.getUint32(XSD_SOCKMSG_FIELDS.len, true), payload.length);
+    assert.deepEqual([...m.subarray(XSD_SOCKMSG_SIZE)], [...payload]);
+    assert.deepEqual(readXsHeader(m), { type: XS.WRITE, reqId: 0x01020304, txId: 0xa0b0c0d0, len: payload.length });
+    const shifted = new Uint8Array(3 + m.length);
+    shifted.set(m, 3);
+    assert.deepEqual(readXsHeader(shifted, 3), readXsHeader(m));
+  });
+});
+
 describe("coverage", () => {
   test("every runtime export of src/abi/xen.ts is checked", () => {
     // The titles of the grouped constants are the names of their `as const` objects.
@@ -671,6 +805,12 @@ describe("coverage", () => {
     ]);
     const unchecked = Object.keys(xenAbi).filter((name) => !covered.has(name));
     assert.deepEqual(unchecked, [], "exports of xen.ts with no header check");
+  });
+
+  test("every runtime export of src/abi/xs_wire.ts is checked", () => {
+    const covered = new Set([...Object.keys(XS_WIRE_SCALARS), ...XS_WIRE_OTHER_EXPORTS]);
+    const unchecked = Object.keys(xsWireAbi).filter((name) => !covered.has(name));
+    assert.deepEqual(unchecked, [], "exports of xs_wire.ts with no header check");
   });
 
   test("every runtime export of src/abi/layout.ts is checked", () => {
