@@ -7,6 +7,7 @@ import type { Command } from "commander";
 import type { BenchRow } from "../bench/common.ts";
 import { benchEvents, EVENT_CASES } from "../bench/events.ts";
 import { benchMmu, MMU_CASES, MMU_NOTES } from "../bench/mmu.ts";
+import { benchXenstore, XENSTORE_CASES, XENSTORE_NOTES } from "../bench/xenstore.ts";
 
 /** A `xensim bench <name>` suite: named cases, each run in its own process. */
 interface Suite {
@@ -14,7 +15,7 @@ interface Suite {
   description: string;
   cases: readonly string[];
   /** Runs case `name` in this process. */
-  run(name: string, ms: number): BenchRow[];
+  run(name: string, ms: number): BenchRow[] | Promise<BenchRow[]>;
   /** Printed under the human table: what the baselines are. */
   notes?: readonly string[];
 }
@@ -33,6 +34,13 @@ const SUITES: Suite[] = [
     run: (name, ms) => benchMmu(name, ms),
     notes: MMU_NOTES,
   },
+  {
+    name: "xenstore",
+    description: "xenstored ops/s (read, write, directory, transaction; 1 and 32 in flight): ours beside C xenstored and oxenstored",
+    cases: XENSTORE_CASES,
+    run: (name, ms) => benchXenstore(name, ms),
+    notes: XENSTORE_NOTES,
+  },
 ];
 
 export function registerBench(program: Command): void {
@@ -47,12 +55,12 @@ function registerSuite(bench: Command, suite: Suite): void {
     .option("--json", "print one JSON object")
     .option("--ms <n>", "measuring time per case, in ms", "1000")
     .option("--case <name>", "run one case in this process (used internally)")
-    .action((opts: { json?: boolean; ms: string; case?: string }) => {
+    .action(async (opts: { json?: boolean; ms: string; case?: string }) => {
       const ms = Number(opts.ms);
       if (!Number.isFinite(ms) || ms < 50) throw new Error("--ms must be at least 50");
       if (opts.case !== undefined) {
         if (!suite.cases.includes(opts.case)) throw new Error(`unknown case ${opts.case}; known: ${suite.cases.join(", ")}`);
-        const rows = suite.run(opts.case, ms);
+        const rows = await suite.run(opts.case, ms);
         process.stdout.write(JSON.stringify(rows.length === 1 ? rows[0] : rows));
         return;
       }
@@ -81,15 +89,22 @@ function mainScript(): string {
 }
 
 export function printTable(rows: readonly BenchRow[]): void {
-  console.log(`${"case".padEnd(28)}${"value".padStart(14)} ${"unit".padEnd(14)}${"baseline".padStart(14)}${"ratio".padStart(8)}`);
+  const w = Math.max(28, ...rows.map((r) => r.name.length + 2));
+  console.log(`${"case".padEnd(w)}${"value".padStart(14)} ${"unit".padEnd(14)}${"baseline".padStart(14)}${"ratio".padStart(8)}`);
   for (const r of rows) {
     console.log(
-      `${r.name.padEnd(28)}${r.value.toLocaleString("en-US").padStart(14)} ${r.unit.padEnd(14)}${r.baseline.toLocaleString("en-US").padStart(14)}${formatRatio(r.ratio).padStart(8)}`,
+      `${r.name.padEnd(w)}${formatNumber(r.value).padStart(14)} ${r.unit.padEnd(14)}${formatNumber(r.baseline).padStart(14)}${formatRatio(r.ratio).padStart(8)}`,
     );
   }
 }
 
+/** A figure that could not be measured (NaN, or null after JSON) shows as n/a. */
+function formatNumber(n: number | null): string {
+  return n === null || !Number.isFinite(n) ? "n/a" : n.toLocaleString("en-US");
+}
+
 /** Three decimals, or two significant digits for a ratio too small to show that way. */
-function formatRatio(ratio: number): string {
+function formatRatio(ratio: number | null): string {
+  if (ratio === null || !Number.isFinite(ratio)) return "n/a";
   return ratio === 0 || ratio >= 0.001 ? ratio.toFixed(3) : ratio.toExponential(1);
 }
