@@ -3,7 +3,9 @@
 import { Command, InvalidArgumentError } from "commander";
 import { registerBench } from "./bench.ts";
 import { runDemo } from "./demo.ts";
+import { registerHost } from "./host.ts";
 import { runCommand } from "./run.ts";
+import { registerXenstored } from "./xenstored.ts";
 
 function positiveInt(value: string): number {
   const n = Number(value);
@@ -39,6 +41,8 @@ program
   });
 
 registerBench(program);
+registerXenstored(program);
+registerHost(program);
 
 program.parseAsync(process.argv).catch((e: unknown) => {
   console.error(`xensim: ${(e as Error).message}`);

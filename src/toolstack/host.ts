@@ -1,0 +1,370 @@
+// A host: the hypervisor, dom0 (a XenLinux kernel whose user space runs xenstored, xenconsoled
+// and the toolstack) and the domains created on it. This is the toolstack's logic, in virtual
+// time and deterministic from the seed; host_server.ts runs it against the wall clock and
+// exposes it through sockets.
+//
+// Domain creation follows libxl: build the domain, write its xenstore area as libxl__domain_make
+// and libxl__build_post do, XS_INTRODUCE it to xenstored, attach the console, unpause. Like xl's
+// per-domain monitor, the host watches @releaseDomain and applies on_poweroff / on_reboot /
+// on_crash when a domain shuts down.
+
+import { SHUTDOWN } from "../abi/xen.ts";
+import { XenLinux } from "../guest/kernel.ts";
+import { workloadsFromCmdline } from "../guest/workloads.ts";
+import type { Domain } from "../hypervisor/domain.ts";
+import { Hypervisor } from "../hypervisor/hypervisor.ts";
+import { Rng } from "../util/rng.ts";
+import { type BuiltDomain, buildDomain } from "./builder.ts";
+import { Dom0User } from "./dom0_user.ts";
+import type { GuestConfig } from "./guest_cfg.ts";
+import { LocalXs } from "./local_xs.ts";
+import { ConsoleRing } from "./xenconsoled.ts";
+import { Xenstored, type XsClock, type XsDomainBackend, type XsTransport } from "./xenstored/daemon.ts";
+import { XsRingTransport } from "./xs_ring.ts";
+
+export interface HostParams {
+  pcpus: number;
+  seed: number;
+  /** Machine memory. */
+  machineMiB: number;
+  dom0MemoryMiB: number;
+  dom0Vcpus: number;
+}
+
+export const DEFAULT_HOST: HostParams = { pcpus: 4, seed: 1, machineMiB: 4096, dom0MemoryMiB: 32, dom0Vcpus: 1 };
+
+export interface HostDomain {
+  domid: number;
+  cfg: GuestConfig;
+  uuid: string;
+  /** Virtual time it was created at. */
+  createdNs: number;
+  kernel: XenLinux;
+  built: BuiltDomain;
+  console: ConsoleRing;
+}
+
+export class HostError extends Error {}
+
+const NS_PER_MS = 1_000_000;
+
+export class Host {
+  readonly hv: Hypervisor;
+  readonly xenstored: Xenstored;
+  /** The toolstack's own xenstore connection. */
+  readonly xs: LocalXs;
+  readonly dom0User: Dom0User;
+  readonly dom0Kernel: XenLinux;
+  readonly domains = new Map<number, HostDomain>();
+  /** What xl's monitor would log, for people: shutdowns, actions taken. */
+  readonly log: string[] = [];
+  private readonly rng: Rng;
+  /** xenstored's timers (watch-event timeouts, write rate limits), in virtual time. */
+  private readonly timers: { at: number; fn: () => void; id: number }[] = [];
+  private nextTimerId = 1;
+
+  constructor(readonly params: HostParams = DEFAULT_HOST) {
+    this.rng = new Rng(params.seed ^ 0x5eed);
+    this.hv = new Hypervisor({
+      nrFrames: (params.machineMiB * 1024 * 1024) / 4096,
+      firstDomid: 0,
+      sched: { nrPcpus: params.pcpus, seed: params.seed },
+    });
+    this.dom0User = new Dom0User(
+      () => this.xenstored.domainsChanged(),
+      () => this.afterDom0Events(),
+    );
+    this.xenstored = new Xenstored({ backend: this.backend(), clock: this.clock(), log: (line) => this.note(`xenstored: ${line}`) });
+    this.xs = new LocalXs(this.xenstored);
+    this.dom0Kernel = new XenLinux(64, () => [this.dom0User]);
+    const b = buildDomain(
+      this.hv,
+      {
+        name: "Domain-0",
+        memoryMiB: params.dom0MemoryMiB,
+        vcpus: params.dom0Vcpus,
+        width: 64,
+        maxEventChannels: 4095,
+        cmdline: `xensim.seed=${params.seed >>> 0}`,
+        privileged: true,
+      },
+      this.dom0Kernel,
+    );
+    this.hv.unpauseDomain(b.domain);
+    // xen-init-dom0: dom0's own entries.
+    this.xs.write("/local/domain/0/name", "Domain-0");
+    this.xs.write("/local/domain/0/domid", "0");
+    this.xs.watch("@releaseDomain", "xl-monitor", () => this.onReleaseDomain());
+  }
+
+  /** Runs until dom0's user space is up (its VIRQ_DOM_EXC bound). */
+  boot(): void {
+    const limit = this.now() + 1000 * NS_PER_MS;
+    while (!this.dom0User.ready && this.now() < limit) this.hv.run(this.now() + NS_PER_MS);
+    if (!this.dom0User.ready) throw new HostError("dom0 did not come up");
+  }
+
+  now(): number {
+    return this.hv.sched.now();
+  }
+
+  /** Runs the machine until virtual time `until` (ns). */
+  run(until: number, maxSteps = Number.POSITIVE_INFINITY): number {
+    const steps = this.hv.run(until, maxSteps);
+    this.fireTimers();
+    this.xs.drainWatches();
+    return steps;
+  }
+
+  private clock(): XsClock {
+    return {
+      now: () => this.now() / NS_PER_MS,
+      setTimeout: (fn, ms) => {
+        const t = { at: this.now() + ms * NS_PER_MS, fn, id: this.nextTimerId++ };
+        this.timers.push(t);
+        return t.id;
+      },
+      clearTimeout: (id) => {
+        const i = this.timers.findIndex((t) => t.id === id);
+        if (i >= 0) this.timers.splice(i, 1);
+      },
+    };
+  }
+
+  private fireTimers(): void {
+    const now = this.now();
+    for (let i = 0; i < this.timers.length; ) {
+      const t = this.timers[i]!;
+      if (t.at > now) {
+        i++;
+        continue;
+      }
+      this.timers.splice(i, 1);
+      t.fn();
+      i = 0;
+    }
+  }
+
+  // ---- xl create / destroy / shutdown / pause ----
+
+  create(cfg: GuestConfig, opts: { paused?: boolean } = {}): HostDomain {
+    for (const hd of this.domains.values()) {
+      if (hd.cfg.name === cfg.name) throw new HostError(`domain with name "${cfg.name}" already exists`);
+    }
+    const kernel = new XenLinux(cfg.width, workloadsFromCmdline);
+    const cmdline = [
+      `xen.fifo_events=${cfg.evtchnAbi === "fifo" ? 1 : 0}`,
+      `xensim.seed=${(this.params.seed * 31 + this.domains.size + 1) >>> 0}`,
+      cfg.cmdline,
+    ]
+      .filter((s) => s !== "")
+      .join(" ");
+    let built: BuiltDomain;
+    try {
+      built = buildDomain(
+        this.hv,
+        {
+          name: cfg.name,
+          memoryMiB: cfg.memoryMiB,
+          vcpus: cfg.vcpus,
+          width: cfg.width,
+          maxEventChannels: cfg.maxEventChannels,
+          cmdline,
+          privileged: false,
+          backendDomid: 0,
+        },
+        kernel,
+      );
+    } catch (e) {
+      throw new HostError(`cannot build ${cfg.name}: ${(e as Error).message}`);
+    }
+    const d = built.domain;
+    const uuid = cfg.uuid ?? this.newUuid();
+    const console = new ConsoleRing(this.hv.memory.u8(d.p2m[built.consolePfn]!));
+    const hd: HostDomain = { domid: d.domid, cfg, uuid, createdNs: this.now(), kernel, built, console };
+    this.domains.set(d.domid, hd);
+    this.writeDomainArea(hd);
+    this.xs.introduce(d.domid, d.p2m[built.storePfn]!, built.storeEvtchn);
+    this.dom0User.bindInterdomain(
+      d.domid,
+      built.consoleEvtchn,
+      () => console.onEvent(),
+      (k) => {
+        if (typeof k === "number") this.note(`xenconsoled: cannot bind the console of domain ${d.domid}: ${k}`);
+        else {
+          console.kicker = k;
+          console.onEvent();
+        }
+      },
+    );
+    if (!opts.paused) this.hv.unpauseDomain(d);
+    return hd;
+  }
+
+  /** The xenstore area libxl writes for a new domain, with its permissions. */
+  private writeDomainArea(hd: HostDomain): void {
+    const { domid, cfg, uuid, built } = hd;
+    const dom = `/local/domain/${domid}`;
+    const vm = `/vm/${uuid}`;
+    const ro = ["n0", `r${domid}`];
+    const rw = [`n${domid}`];
+    const xs = this.xs;
+    const tx = xs.transactionStart();
+    xs.rm(dom, tx);
+    xs.mkdir(dom, tx);
+    xs.setPerms(dom, ro, tx);
+    xs.mkdir(vm, tx);
+    xs.setPerms(vm, ro, tx);
+    xs.mkdir(`/libxl/${domid}`, tx);
+    xs.setPerms(`/libxl/${domid}`, ["n0"], tx);
+    xs.write(`${dom}/vm`, vm, tx);
+    xs.write(`${dom}/name`, cfg.name, tx);
+    xs.write(`${dom}/domid`, String(domid), tx);
+    for (const sub of ["cpu", "memory", "device", "control"]) xs.mkdir(`${dom}/${sub}`, tx);
+    // The domain may write only these (the rest of its area is read-only to it).
+    const writable = ["control/shutdown", "control/feature-poweroff", "control/feature-reboot", "control/feature-suspend", "control/sysrq"];
+    for (const sub of [...writable, "data", "drivers", "feature", "attr", "error", "device/suspend/event-channel"]) {
+      xs.mkdir(`${dom}/${sub}`, tx);
+      xs.setPerms(`${dom}/${sub}`, rw, tx);
+    }
+    xs.write(`${dom}/control/platform-feature-multiprocessor-suspend`, "1", tx);
+    xs.write(`${dom}/control/platform-feature-xs_reset_watches`, "1", tx);
+    xs.write(`${vm}/uuid`, uuid, tx);
+    xs.write(`${vm}/name`, cfg.name, tx);
+    xs.write(`${vm}/image/ostype`, "linux", tx);
+    xs.write(`${vm}/image/kernel`, cfg.kernel, tx);
+    xs.write(`${vm}/image/cmdline`, cfg.cmdline, tx);
+    xs.write(`${vm}/start_time`, (this.now() / 1e9).toFixed(2), tx);
+    // libxl__build_post.
+    xs.write(`${dom}/memory/static-max`, String(cfg.maxmemMiB * 1024), tx);
+    xs.write(`${dom}/memory/target`, String(cfg.memoryMiB * 1024), tx);
+    xs.write(`${dom}/memory/videoram`, "-1", tx);
+    for (let c = 0; c < cfg.maxVcpus; c++) xs.write(`${dom}/cpu/${c}/availability`, c < cfg.vcpus ? "online" : "offline", tx);
+    xs.write(`${dom}/store/port`, String(built.storeEvtchn), tx);
+    xs.write(`${dom}/store/ring-ref`, String(built.domain.p2m[built.storePfn]!), tx);
+    xs.write(`${dom}/console/port`, String(built.consoleEvtchn), tx);
+    xs.write(`${dom}/console/ring-ref`, String(built.domain.p2m[built.consolePfn]!), tx);
+    xs.write(`${dom}/console/type`, "xenconsoled", tx);
+    xs.write(`${dom}/console/output`, "pty", tx);
+    xs.write(`${dom}/console/limit`, "1048576", tx);
+    xs.write(`${dom}/console/backend-id`, "0", tx);
+    if (!xs.transactionEnd(tx, true)) throw new HostError(`writing the xenstore area of domain ${domid} conflicted; try again`);
+  }
+
+  /** libxl_domain_destroy: the xenstore area goes, then the domain. */
+  destroy(domid: number): void {
+    const hd = this.domains.get(domid);
+    const d = this.domainOrThrow(domid);
+    if (domid === 0) throw new HostError("cannot destroy Domain-0");
+    this.xs.rm(`/local/domain/${domid}`);
+    if (hd) this.xs.rm(`/vm/${hd.uuid}`);
+    this.xs.rm(`/libxl/${domid}`);
+    hd?.console.kicker?.unbind();
+    this.domains.delete(domid);
+    this.hv.destroyDomain(d);
+  }
+
+  /** xl shutdown / reboot: a request through the guest's control/shutdown node. */
+  requestShutdown(domid: number, what: "poweroff" | "reboot"): void {
+    this.domainOrThrow(domid);
+    const dom = `/local/domain/${domid}`;
+    if (this.xs.tryRead(`${dom}/control/feature-${what}`) !== "1") {
+      throw new HostError(`PV control interface not available: domain ${domid} has not set control/feature-${what}`);
+    }
+    this.xs.write(`${dom}/control/shutdown`, what);
+  }
+
+  pause(domid: number): void {
+    this.hv.pauseDomain(this.domainOrThrow(domid));
+  }
+
+  unpause(domid: number): void {
+    this.hv.unpauseDomain(this.domainOrThrow(domid));
+  }
+
+  /** A domain by id, or by name as xl accepts either. */
+  resolve(what: string): number {
+    if (/^\d+$/.test(what)) return Number(what);
+    for (const d of this.hv.domains.values()) if (d.name === what) return d.domid;
+    throw new HostError(`${what} is an invalid domain identifier (rc=-6)`);
+  }
+
+  private domainOrThrow(domid: number): Domain {
+    const d = this.hv.domains.get(domid);
+    if (!d) throw new HostError(`domain ${domid} does not exist`);
+    return d;
+  }
+
+  // ---- dom0 user space ----
+
+  /** What xenstored asks of the hypervisor through libxenctrl and the evtchn device. */
+  private backend(): XsDomainBackend {
+    return {
+      domainExists: (domid) => this.hv.domains.has(domid),
+      domainState: (domid) => {
+        const d = this.hv.domains.get(domid);
+        if (!d) return undefined;
+        return { dying: d.state === "dying", shutdown: d.state === "shutdown" };
+      },
+      introduce: (domid, mfn, port): XsTransport | "EINVAL" => {
+        const d = this.hv.domains.get(domid);
+        // The foreign mapping fails unless the frame is the domain's.
+        if (!d || mfn >= this.hv.memory.nrFrames || this.hv.memory.owner[mfn] !== domid) return "EINVAL";
+        const t = new XsRingTransport(this.hv.memory.u8(mfn));
+        this.dom0User.bindInterdomain(
+          domid,
+          port,
+          () => t.onEvent(),
+          (k) => {
+            if (typeof k === "number") this.note(`xenstored: cannot bind the store channel of domain ${domid}: ${k}`);
+            else t.bound(k);
+          },
+        );
+        return t;
+      },
+    };
+  }
+
+  private afterDom0Events(): void {
+    this.xs.drainWatches();
+  }
+
+  /** xl's monitor: a domain that shut down gets the action its config names. */
+  private onReleaseDomain(): void {
+    for (const hd of [...this.domains.values()]) {
+      const d = this.hv.domains.get(hd.domid);
+      if (d?.state !== "shutdown") continue;
+      const reason = d.shutdownCode;
+      const action =
+        reason === SHUTDOWN.poweroff
+          ? hd.cfg.onPoweroff
+          : reason === SHUTDOWN.reboot
+            ? hd.cfg.onReboot
+            : reason === SHUTDOWN.crash
+              ? hd.cfg.onCrash
+              : "preserve";
+      this.note(`Domain ${hd.domid} has shut down, reason code ${reason} 0x${reason.toString(16)}`);
+      this.note(`Action for shutdown reason code ${reason} is ${action}`);
+      if (action === "preserve" || action === "soft-reset") continue;
+      this.note(`Domain ${hd.domid} needs to be cleaned up: destroying the domain`);
+      this.destroy(hd.domid);
+      if (action.endsWith("restart")) {
+        const again = this.create({ ...hd.cfg, uuid: hd.uuid });
+        this.note(`Done. Rebooting now: ${hd.cfg.name} is domain ${again.domid}`);
+      }
+    }
+  }
+
+  private note(text: string): void {
+    this.log.push(`[${(this.now() / 1e9).toFixed(3)}] ${text}`);
+    if (this.log.length > 2000) this.log.splice(0, 500);
+  }
+
+  private newUuid(): string {
+    const b = Array.from({ length: 16 }, () => this.rng.below(256));
+    b[6] = (b[6]! & 0x0f) | 0x40;
+    b[8] = (b[8]! & 0x3f) | 0x80;
+    const h = b.map((x) => x.toString(16).padStart(2, "0")).join("");
+    return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
+  }
+}
