@@ -55,6 +55,15 @@ async function xl(dir: string, req: Record<string, unknown>, onMore?: (r: Reply)
   return r;
 }
 
+/** The host's domains, or those named (by name or id) as xl takes them. */
+async function listDomains(program: Command, named: string[]): Promise<{ domains: XlDomainInfo[]; now: number } | undefined> {
+  const r = await xl(hostDir(program), { cmd: "list" });
+  if (!r) return undefined;
+  const all = r["domains"] as XlDomainInfo[];
+  const domains = named.length === 0 ? all : all.filter((d) => named.includes(d.name) || named.includes(String(d.domid)));
+  return { domains, now: r["now"] as number };
+}
+
 function hostDir(program: Command): string {
   const dir = (program.opts() as { host?: string }).host ?? process.env["XENSIM_HOST"];
   if (!dir) throw new Error("which host? give -H DIR (or set XENSIM_HOST)");
@@ -140,11 +149,8 @@ export function registerHost(program: Command): void {
     .option("-v, --verbose", "also UUIDs and shutdown reasons")
     .argument("[domains...]")
     .action(async (doms: string[], opts: { verbose?: boolean }) => {
-      const r = await xl(hostDir(program), { cmd: "list" });
-      if (!r) return;
-      const all = r["domains"] as XlDomainInfo[];
-      const shown = doms.length === 0 ? all : all.filter((d) => doms.includes(d.name) || doms.includes(String(d.domid)));
-      process.stdout.write(formatList(shown, { verbose: opts.verbose === true }));
+      const r = await listDomains(program, doms);
+      if (r) process.stdout.write(formatList(r.domains, { verbose: opts.verbose === true }));
     });
 
   for (const [name, what] of [
@@ -181,10 +187,8 @@ export function registerHost(program: Command): void {
     .description("list the vCPUs of domains")
     .argument("[domains...]")
     .action(async (doms: string[]) => {
-      const r = await xl(hostDir(program), { cmd: "list" });
-      if (!r) return;
-      const all = r["domains"] as XlDomainInfo[];
-      process.stdout.write(formatVcpuList(doms.length === 0 ? all : all.filter((d) => doms.includes(d.name) || doms.includes(String(d.domid)))));
+      const r = await listDomains(program, doms);
+      if (r) process.stdout.write(formatVcpuList(r.domains));
     });
 
   program
@@ -193,11 +197,8 @@ export function registerHost(program: Command): void {
     .option("-s", "short output")
     .argument("[domains...]")
     .action(async (doms: string[], opts: { s?: boolean }) => {
-      const r = await xl(hostDir(program), { cmd: "list" });
-      if (!r) return;
-      const all = r["domains"] as XlDomainInfo[];
-      const shown = doms.length === 0 ? all : all.filter((d) => doms.includes(d.name) || doms.includes(String(d.domid)));
-      process.stdout.write(formatUptime(shown, r["now"] as number, { short: opts.s === true }));
+      const r = await listDomains(program, doms);
+      if (r) process.stdout.write(formatUptime(r.domains, r.now, { short: opts.s === true }));
     });
 
   program
