@@ -14,8 +14,9 @@ export function domainInfo(host: Host, d: Domain): XlDomainInfo {
     id: v.id,
     cpu: Math.max(v.pcpu, 0),
     online: !v.down,
-    running: v.runstate === RUNSTATE.running,
-    blocked: v.runstate === RUNSTATE.blocked,
+    // The model's runstates record only "running"; the scheduler's flags say more.
+    running: v.pcpu >= 0 && !v.blocked && !v.down,
+    blocked: v.blocked,
     timeNs: v.runstateTime[RUNSTATE.running]! + (v.runstate === RUNSTATE.running ? host.now() - v.runstateEntry : 0),
     hardAffinity: formatAffinity(all, nrPcpus),
     softAffinity: formatAffinity(all, nrPcpus),
