@@ -46,6 +46,9 @@ import * as xsWireAbi from "../src/abi/xs_wire.ts";
 import {
   encodeXsMsg,
   readXsHeader,
+  takeXsMessages,
+  xsStringList,
+  xsText,
   XENSTORE_ABS_PATH_MAX,
   XENSTORE_CONNECTED,
   XENSTORE_DOMAIN_INTERFACE,
@@ -542,7 +545,7 @@ const XS_WIRE_GROUPS: readonly CheckGroup[] = [
 ];
 
 /** xs_wire.ts exports checked elsewhere than in XS_WIRE_GROUPS' constants (by the derived tests). */
-const XS_WIRE_OTHER_EXPORTS: readonly string[] = ["XS_NAMES", "XSD_ERRORS", "XENSTORE_DOMAIN_INTERFACE", "XS", "readXsHeader", "encodeXsMsg", "xsStrings"];
+const XS_WIRE_OTHER_EXPORTS: readonly string[] = ["XS_NAMES", "XSD_ERRORS", "XENSTORE_DOMAIN_INTERFACE", "XS", "readXsHeader", "encodeXsMsg", "xsStrings", "takeXsMessages", "xsText", "xsStringList"];
 
 const GROUPS: readonly CheckGroup[] = [...CONSTANT_GROUPS, ...XS_WIRE_GROUPS, ...layoutGroups(), ...fixedGroups()];
 
@@ -792,6 +795,23 @@ describe("derived facts (src/abi/xs_wire.ts)", () => {
     const shifted = new Uint8Array(3 + m.length);
     shifted.set(m, 3);
     assert.deepEqual(readXsHeader(shifted, 3), readXsHeader(m));
+  });
+
+  test("takeXsMessages splits whole messages by xsd_sockmsg.len and refuses lengths over XENSTORE_PAYLOAD_MAX", () => {
+    const a = encodeXsMsg(XS.READ, 1, 0, xsStrings("/a"));
+    const b = encodeXsMsg(XS.DIRECTORY, 2, 7, xsStrings("x", "y"));
+    const buf = new Uint8Array(a.length + b.length - 1);
+    buf.set(a);
+    buf.set(b.subarray(0, b.length - 1), a.length);
+    const seen: string[] = [];
+    const used = takeXsMessages(buf, (h, p) => seen.push(`${h.type}/${h.reqId}/${h.txId}:${xsStringList(p).join(",")}`));
+    assert.equal(used, a.length, "the incomplete second message is left");
+    assert.deepEqual(seen, [`${XS.READ}/1/0:/a`]);
+    assert.equal(takeXsMessages(b, () => {}), b.length);
+    assert.equal(xsText(xsStrings("v")), "v\0");
+    const huge = encodeXsMsg(XS.WRITE, 3, 0, new Uint8Array(0));
+    new DataView(huge.buffer).setUint32(XSD_SOCKMSG_FIELDS.len, XENSTORE_PAYLOAD_MAX + 1, true);
+    assert.equal(takeXsMessages(huge, () => {}), -1);
   });
 });
 

@@ -118,3 +118,31 @@ export function encodeXsMsg(type: number, reqId: number, txId: number, payload: 
 export function xsStrings(...parts: string[]): Uint8Array {
   return Buffer.from(parts.map((p) => `${p}\0`).join(""), "latin1");
 }
+
+/**
+ * Calls `onMsg` for each whole message at the front of `buf`; returns how many bytes they took
+ * (the rest is an incomplete message), or -1 at a header whose length exceeds the payload limit.
+ */
+export function takeXsMessages(buf: Uint8Array, onMsg: (h: XsMsgHeader, payload: Uint8Array) => void): number {
+  let at = 0;
+  while (buf.length - at >= XSD_SOCKMSG_SIZE) {
+    const h = readXsHeader(buf, at);
+    if (h.len > XENSTORE_PAYLOAD_MAX) return -1;
+    if (buf.length - at < XSD_SOCKMSG_SIZE + h.len) break;
+    onMsg(h, buf.slice(at + XSD_SOCKMSG_SIZE, at + XSD_SOCKMSG_SIZE + h.len));
+    at += XSD_SOCKMSG_SIZE + h.len;
+  }
+  return at;
+}
+
+/** A payload as text (xenstore strings are bytes; latin1 keeps them one to one). */
+export function xsText(p: Uint8Array): string {
+  return Buffer.from(p.buffer, p.byteOffset, p.length).toString("latin1");
+}
+
+/** A payload's NUL-terminated strings, without the empty tail after the last NUL. */
+export function xsStringList(p: Uint8Array): string[] {
+  const parts = xsText(p).split("\0");
+  if (parts.length > 0 && parts[parts.length - 1] === "") parts.pop();
+  return parts;
+}

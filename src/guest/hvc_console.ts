@@ -4,6 +4,7 @@
 
 import type { GuestCpu } from "../abi/cpu.ts";
 import { XENCONS_INTERFACE as CONS } from "../abi/console.ts";
+import { ringPut } from "../abi/ring.ts";
 import type { XenEvents } from "./events.ts";
 
 /** Output the kernel keeps while the ring is full, beyond which the oldest is dropped. */
@@ -52,7 +53,7 @@ export class HvcConsole {
     if (used > CONS.out_size) return;
     const n = Math.min(CONS.out_size - used, this.backlog.length);
     if (n === 0) return;
-    for (let i = 0; i < n; i++) this.page[CONS.out + ((prod + i) & (CONS.out_size - 1))] = this.backlog.charCodeAt(i) & 0xff;
+    ringPut(this.page, CONS.out, CONS.out_size, prod, Buffer.from(this.backlog.slice(0, n), "latin1"), n);
     this.idx.setUint32(CONS.out_prod, (prod + n) >>> 0, true);
     this.backlog = this.backlog.slice(n);
     this.events.notifyRemoteViaIrq(cpu, this.irq);

@@ -7,16 +7,18 @@
 // callback never runs in interrupt context.
 
 import type { GuestCpu } from "../abi/cpu.ts";
+import { ringPut, ringTake } from "../abi/ring.ts";
 import {
   encodeXsMsg,
-  readXsHeader,
   XENSTORE_DOMAIN_INTERFACE as RING,
   XENSTORE_PAYLOAD_MAX,
   XENSTORE_RING_SIZE,
   XS,
   XS_NAMES,
-  XSD_SOCKMSG_SIZE,
+  xsStringList,
   xsStrings,
+  xsText,
+  takeXsMessages,
 } from "../abi/xs_wire.ts";
 import type { XenEvents } from "./events.ts";
 
@@ -100,7 +102,7 @@ export class XenBus {
   }
 
   read(cpu: GuestCpu, tx: number, path: string, done: (cpu: GuestCpu, err: string | undefined, value: string) => void): void {
-    this.request(cpu, XS.READ, tx, [path], (c, err, p) => done(c, err, latin1(p)));
+    this.request(cpu, XS.READ, tx, [path], (c, err, p) => done(c, err, xsText(p)));
   }
 
   /** xenbus_write: the value has no NUL of its own. */
@@ -109,11 +111,11 @@ export class XenBus {
   }
 
   directory(cpu: GuestCpu, tx: number, path: string, done: (cpu: GuestCpu, err: string | undefined, names: string[]) => void): void {
-    this.request(cpu, XS.DIRECTORY, tx, [path], (c, err, p) => done(c, err, err ? [] : splitStrings(p)));
+    this.request(cpu, XS.DIRECTORY, tx, [path], (c, err, p) => done(c, err, err ? [] : xsStringList(p)));
   }
 
   transactionStart(cpu: GuestCpu, done: (cpu: GuestCpu, err: string | undefined, tx: number) => void): void {
-    this.request(cpu, XS.TRANSACTION_START, XBT_NIL, [""], (c, err, p) => done(c, err, err ? 0 : Number(latin1(p))));
+    this.request(cpu, XS.TRANSACTION_START, XBT_NIL, [""], (c, err, p) => done(c, err, err ? 0 : Number(xsText(p))));
   }
 
   /** Ends `tx`: commits unless `abort`. EAGAIN means another writer got there first: retry. */
@@ -142,7 +144,7 @@ export class XenBus {
     if (!msg) return false;
     if (msg.type === XS.WATCH_EVENT) {
       this.watchEvents++;
-      const [path = "", token = ""] = splitStrings(msg.payload);
+      const [path = "", token = ""] = xsStringList(msg.payload);
       const fn = this.watches.get(token);
       if (fn) fn(cpu, path, token);
       return true;
@@ -153,7 +155,7 @@ export class XenBus {
       return true;
     }
     const req = this.pending.splice(i, 1)[0]!;
-    if (msg.type === XS.ERROR) req.reply(cpu, latin1(msg.payload).replace(/\0$/, ""), new Uint8Array(0));
+    if (msg.type === XS.ERROR) req.reply(cpu, xsText(msg.payload).replace(/\0$/, ""), new Uint8Array(0));
     else if (msg.type !== req.type) req.reply(cpu, "EINVAL", new Uint8Array(0));
     else req.reply(cpu, undefined, msg.payload);
     return true;
@@ -181,7 +183,7 @@ export class XenBus {
       if (room === 0) break;
       const chunk = this.outbuf[0]!;
       const n = Math.min(room, chunk.length);
-      for (let i = 0; i < n; i++) this.ring[RING.req + ((prod + i) & (XENSTORE_RING_SIZE - 1))] = chunk[i]!;
+      ringPut(this.ring, RING.req, XENSTORE_RING_SIZE, prod, chunk, n);
       // The bytes must be in place before the producer index moves (wmb).
       this.idx.setUint32(RING.req_prod, (prod + n) >>> 0, true);
       if (n === chunk.length) this.outbuf.shift();
@@ -204,21 +206,14 @@ export class XenBus {
     }
     const grown = new Uint8Array(this.inbuf.length + avail);
     grown.set(this.inbuf);
-    for (let i = 0; i < avail; i++) grown[this.inbuf.length + i] = this.ring[RING.rsp + ((cons + i) & (XENSTORE_RING_SIZE - 1))]!;
+    grown.set(ringTake(this.ring, RING.rsp, XENSTORE_RING_SIZE, cons, avail), this.inbuf.length);
     this.idx.setUint32(RING.rsp_cons, (cons + avail) >>> 0, true);
-    let at = 0;
-    while (grown.length - at >= XSD_SOCKMSG_SIZE) {
-      const h = readXsHeader(grown, at);
-      if (h.len > XENSTORE_PAYLOAD_MAX) {
-        this.fail(cpu, `message of ${h.len} bytes from xenstored`);
-        return true;
-      }
-      if (grown.length - at < XSD_SOCKMSG_SIZE + h.len) break;
-      const payload = grown.slice(at + XSD_SOCKMSG_SIZE, at + XSD_SOCKMSG_SIZE + h.len);
-      this.inbox.push({ type: h.type, reqId: h.reqId, payload });
-      at += XSD_SOCKMSG_SIZE + h.len;
+    const used = takeXsMessages(grown, (h, payload) => this.inbox.push({ type: h.type, reqId: h.reqId, payload }));
+    if (used < 0) {
+      this.fail(cpu, `message over ${XENSTORE_PAYLOAD_MAX} bytes from xenstored`);
+      return true;
     }
-    this.inbuf = grown.slice(at);
+    this.inbuf = grown.slice(used);
     return true;
   }
 
@@ -227,15 +222,4 @@ export class XenBus {
     this.log(cpu, `xenbus: ${why}; the store connection is dead`);
     return false;
   }
-}
-
-function latin1(p: Uint8Array): string {
-  return Buffer.from(p.buffer, p.byteOffset, p.length).toString("latin1");
-}
-
-/** NUL-separated strings, without the empty tail after the last NUL. */
-function splitStrings(p: Uint8Array): string[] {
-  const parts = latin1(p).split("\0");
-  if (parts.length > 0 && parts[parts.length - 1] === "") parts.pop();
-  return parts;
 }

@@ -2,7 +2,7 @@
 // connection to the in-process xenstored whose replies arrive synchronously, as libxenstore's
 // would after a round trip.
 
-import { encodeXsMsg, readXsHeader, XS, XSD_SOCKMSG_SIZE, xsStrings } from "../abi/xs_wire.ts";
+import { encodeXsMsg, takeXsMessages, XS, xsStringList, xsStrings, xsText } from "../abi/xs_wire.ts";
 import type { Xenstored, XsConnection } from "./xenstored/daemon.ts";
 
 export class XsCallError extends Error {
@@ -32,19 +32,15 @@ export class LocalXs {
     const all = new Uint8Array(this.inbuf.length + bytes.length);
     all.set(this.inbuf);
     all.set(bytes, this.inbuf.length);
-    let at = 0;
-    while (all.length - at >= XSD_SOCKMSG_SIZE) {
-      const h = readXsHeader(all, at);
-      if (all.length - at < XSD_SOCKMSG_SIZE + h.len) break;
-      const payload = all.slice(at + XSD_SOCKMSG_SIZE, at + XSD_SOCKMSG_SIZE + h.len);
-      at += XSD_SOCKMSG_SIZE + h.len;
+    // xenstored never sends more than XENSTORE_PAYLOAD_MAX, so the count is never -1 here.
+    const used = takeXsMessages(all, (h, payload) => {
       if (h.type === XS.WATCH_EVENT) {
-        const [path = "", token = ""] = Buffer.from(payload).toString("latin1").split("\0");
+        const [path = "", token = ""] = xsStringList(payload);
         // Delivered by drainWatches, after the request that caused it, as a reader thread would.
         this.events.push({ path, token });
       } else this.replies.set(h.reqId, { type: h.type, payload });
-    }
-    this.inbuf = all.slice(at);
+    });
+    this.inbuf = all.slice(Math.max(used, 0));
     return bytes.length;
   }
 
@@ -55,12 +51,12 @@ export class LocalXs {
     const r = this.replies.get(reqId);
     if (!r) throw new Error(`xenstored did not answer request ${reqId} at once`);
     this.replies.delete(reqId);
-    if (r.type === XS.ERROR) throw new XsCallError(Buffer.from(r.payload).toString("latin1").replace(/\0$/, ""), `xenstore ${type}`);
+    if (r.type === XS.ERROR) throw new XsCallError(xsText(r.payload).replace(/\0$/, ""), `xenstore ${type}`);
     return r.payload;
   }
 
   read(path: string, tx = 0): string {
-    return Buffer.from(this.call(XS.READ, xsStrings(path), tx)).toString("latin1");
+    return xsText(this.call(XS.READ, xsStrings(path), tx));
   }
 
   tryRead(path: string, tx = 0): string | undefined {
@@ -94,10 +90,7 @@ export class LocalXs {
   }
 
   directory(path: string, tx = 0): string[] {
-    return Buffer.from(this.call(XS.DIRECTORY, xsStrings(path), tx))
-      .toString("latin1")
-      .split("\0")
-      .filter((s) => s !== "");
+    return xsStringList(this.call(XS.DIRECTORY, xsStrings(path), tx));
   }
 
   /** Perms as the protocol writes them: "n0", "r5"... the first is the owner's entry. */
@@ -106,7 +99,7 @@ export class LocalXs {
   }
 
   transactionStart(): number {
-    return Number(Buffer.from(this.call(XS.TRANSACTION_START, xsStrings(""))).toString("latin1").replace(/\0$/, ""));
+    return Number(xsText(this.call(XS.TRANSACTION_START, xsStrings(""))).replace(/\0$/, ""));
   }
 
   /** Commits (or aborts); false when the commit lost to another writer (EAGAIN). */

@@ -2,6 +2,7 @@
 // console channel, keeps the recent output for `xl console`, and tells listeners.
 
 import { XENCONS_INTERFACE as CONS } from "../abi/console.ts";
+import { ringTake } from "../abi/ring.ts";
 import type { RingKicker } from "./xs_ring.ts";
 
 /** Output kept per domain for a console that attaches later. */
@@ -30,8 +31,7 @@ export class ConsoleRing {
       avail = CONS.out_size;
       cons = (prod - avail) >>> 0;
     }
-    let s = "";
-    for (let i = 0; i < avail; i++) s += String.fromCharCode(this.page[CONS.out + ((cons + i) & (CONS.out_size - 1))]!);
+    const s = Buffer.from(ringTake(this.page, CONS.out, CONS.out_size, cons, avail)).toString("latin1");
     this.idx.setUint32(CONS.out_cons, (cons + avail) >>> 0, true);
     this.total += s.length;
     this.text = (this.text + s).slice(-KEEP_BYTES);

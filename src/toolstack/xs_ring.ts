@@ -3,6 +3,7 @@
 // input, replies and watch events go into `rsp` as room allows, and every move of an index is
 // followed by a kick on the inter-domain channel.
 
+import { ringPut, ringTake } from "../abi/ring.ts";
 import {
   XENSTORE_CONNECTED,
   XENSTORE_DOMAIN_INTERFACE as RING,
@@ -19,8 +20,6 @@ export interface RingKicker {
   kick(): void;
   unbind(): void;
 }
-
-const MASK = XENSTORE_RING_SIZE - 1;
 
 export class XsRingTransport implements XsTransport {
   private conn: XsConnection | undefined;
@@ -60,7 +59,7 @@ export class XsRingTransport implements XsTransport {
     }
     const n = Math.min(XENSTORE_RING_SIZE - used, bytes.length);
     if (n === 0) return 0;
-    for (let i = 0; i < n; i++) this.page[RING.rsp + ((prod + i) & MASK)] = bytes[i]!;
+    ringPut(this.page, RING.rsp, XENSTORE_RING_SIZE, prod, bytes, n);
     this.idx.setUint32(RING.rsp_prod, (prod + n) >>> 0, true);
     this.kicker?.kick();
     return n;
@@ -110,8 +109,7 @@ export class XsRingTransport implements XsTransport {
         this.giveUp(`request ring indexes ${cons}/${prod}`);
         return;
       }
-      const chunk = new Uint8Array(avail);
-      for (let i = 0; i < avail; i++) chunk[i] = this.page[RING.req + ((cons + i) & MASK)]!;
+      const chunk = ringTake(this.page, RING.req, XENSTORE_RING_SIZE, cons, avail);
       this.idx.setUint32(RING.req_cons, (cons + avail) >>> 0, true);
       took = true;
       conn.feed(chunk);
