@@ -13,8 +13,8 @@ import {
   parseGuestConfig,
   SHUTDOWN_ACTIONS,
   WORKLOAD_OPTIONS,
-} from "../src/toolstack/guest_cfg.ts";
-import { printXlCfg, type XlValue } from "../src/toolstack/xlcfg.ts";
+} from "../src/toolstack/libxl/guest_cfg.ts";
+import { printXlCfg, type XlValue } from "../src/toolstack/libxl/xlcfg.ts";
 
 const FILE = "g.cfg";
 const BYTES = (n: number) => Uint8Array.from({ length: n }, (_, i) => i * 17);

@@ -4,8 +4,8 @@
 
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { parseGuestConfig } from "../src/toolstack/guest_cfg.ts";
-import { DEFAULT_HOST, Host } from "../src/toolstack/host.ts";
+import { parseGuestConfig } from "../src/toolstack/libxl/guest_cfg.ts";
+import { DEFAULT_HOST, Host } from "../src/toolstack/libxl/host.ts";
 
 const MS = 1_000_000;
 

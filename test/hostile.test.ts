@@ -26,8 +26,8 @@ import { EvtchnPingPong, workloadsFromCmdline } from "../src/guest/workloads.ts"
 import { XenLinux } from "../src/guest/kernel.ts";
 import type { Domain } from "../src/hypervisor/domain.ts";
 import { Hypervisor } from "../src/hypervisor/hypervisor.ts";
-import { auditEvtchn } from "../src/toolstack/audit.ts";
-import { buildDomain, setCmdline } from "../src/toolstack/builder.ts";
+import { auditEvtchn } from "../src/harness/audit.ts";
+import { buildDomain, setCmdline } from "../src/toolstack/libxc/builder.ts";
 import { Rng } from "../src/util/rng.ts";
 import { bareDomain, installPagetables, newHypervisor } from "./harness.ts";
 

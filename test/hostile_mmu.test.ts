@@ -40,8 +40,8 @@ import {
 import { ForkExec } from "../src/guest/workloads_mm.ts";
 import type { Domain } from "../src/hypervisor/domain.ts";
 import type { Hypervisor } from "../src/hypervisor/hypervisor.ts";
-import { auditMm } from "../src/toolstack/audit_mm.ts";
-import { buildMachine, parseScenario } from "../src/toolstack/scenario.ts";
+import { auditMm } from "../src/harness/audit_mm.ts";
+import { buildMachine, parseScenario } from "../src/harness/scenario.ts";
 import { Rng } from "../src/util/rng.ts";
 import { bareDomain, installPagetables, newHypervisor, TEST_SINGLE_PAGE_VAS } from "./harness.ts";
 

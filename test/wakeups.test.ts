@@ -14,7 +14,7 @@ import { Events2L } from "../src/guest/events_2l.ts";
 import { Hypercalls } from "../src/guest/hypercalls.ts";
 import type { XenLinux } from "../src/guest/kernel.ts";
 import { FanIn } from "../src/guest/workloads.ts";
-import { buildMachine, parseScenario, type RunResult, runScenario } from "../src/toolstack/scenario.ts";
+import { buildMachine, parseScenario, type RunResult, runScenario } from "../src/harness/scenario.ts";
 
 /** Seeds per configuration: the cheap scenarios get more. */
 const SEEDS = 100;

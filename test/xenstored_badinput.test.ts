@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import { connect, type Socket } from "node:net";
 import { describe, test } from "node:test";
 import { encodeXsMsg, XS, XS_NAMES, XENSTORE_PAYLOAD_MAX } from "../src/abi/xs_wire.ts";
-import { type XsClient, toBytes } from "../src/toolstack/xs_client.ts";
+import { type XsClient, toBytes } from "../src/toolstack/xenstore/xs_client.ts";
 import { DAEMON_LABEL, type DaemonFixture, daemonAlive, daemonFixture, referenceSkip, rssKiB, sleep, within } from "./xs_harness.ts";
 
 interface Reply {

@@ -23,7 +23,7 @@ import { writeFileSync } from "node:fs";
 import { describe, test } from "node:test";
 import fc from "fast-check";
 import { XS, XS_NAMES } from "../src/abi/xs_wire.ts";
-import { XsClient, XsError } from "../src/toolstack/xs_client.ts";
+import { XsClient, XsError } from "../src/toolstack/xenstore/xs_client.ts";
 import { DAEMON_LABEL, type DaemonKind, daemonAlive, daemonFixture, referenceSkip, type RunningDaemon, within } from "./xs_harness.ts";
 
 // ---------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import { connect, type Socket } from "node:net";
 import { describe, test } from "node:test";
 import fc from "fast-check";
 import { encodeXsMsg, XS, XSD_SOCKMSG_SIZE } from "../src/abi/xs_wire.ts";
-import { toBytes, type XsClient, XsError } from "../src/toolstack/xs_client.ts";
+import { toBytes, type XsClient, XsError } from "../src/toolstack/xenstore/xs_client.ts";
 import { daemonAlive, daemonFixture, sleep, within } from "./xs_harness.ts";
 
 const SEED = Number(process.env["XS_FUZZ_SEED"] ?? 20260401);

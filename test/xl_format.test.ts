@@ -15,7 +15,7 @@ import {
   type XlDomainInfo,
   type XlHostInfo,
   type XlVcpuInfo,
-} from "../src/toolstack/xl_format.ts";
+} from "../src/toolstack/xl/xl_format.ts";
 
 const UUID0 = "00000000-0000-0000-0000-000000000000";
 const UUID1 = "5a6f4b8e-0d1c-4f2e-9a3b-7c8d9e0f1a2b";

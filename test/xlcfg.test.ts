@@ -14,7 +14,7 @@ import {
   type XlConfig,
   XlCfgError,
   type XlValue,
-} from "../src/toolstack/xlcfg.ts";
+} from "../src/toolstack/libxl/xlcfg.ts";
 
 function cfgOf(entries: [string, XlValue][], appended: string[] = []): XlConfig {
   return { entries: new Map(entries), appended: new Set(appended) };

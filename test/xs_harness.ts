@@ -15,7 +15,7 @@ import {
   sleep,
   startXenstored,
 } from "../src/bench/xenstore.ts";
-import { XsClient } from "../src/toolstack/xs_client.ts";
+import { XsClient } from "../src/toolstack/xenstore/xs_client.ts";
 
 export { DAEMON_LABEL, daemonAlive, type DaemonKind, type RunningDaemon, rssKiB, sleep };
 

@@ -2,7 +2,7 @@
 // rounds of the case and of its raw baseline alternate, so that drift in the host's speed hits
 // both alike, and the median of each is what counts.
 
-import type { Machine } from "../toolstack/scenario.ts";
+import type { Machine } from "../harness/scenario.ts";
 
 export interface BenchRow {
   name: string;

@@ -3,7 +3,7 @@
 // measured in the same run: set a bit in a typed array, scan for it, call through an array.
 
 import { IpiPingPong, EvtchnPingPong, FanIn } from "../guest/workloads.ts";
-import { buildMachine, parseScenario, type Machine } from "../toolstack/scenario.ts";
+import { buildMachine, parseScenario, type Machine } from "../harness/scenario.ts";
 import { type BenchRow, interleave, machineRate, row, warm } from "./common.ts";
 
 export type { BenchRow } from "./common.ts";

@@ -23,7 +23,7 @@ import { ForkExec } from "../guest/workloads_mm.ts";
 import { Hypervisor } from "../hypervisor/hypervisor.ts";
 import { PGT } from "../hypervisor/page_info.ts";
 import { Tlb } from "../hypervisor/tlb.ts";
-import { buildMachine, type Machine, parseScenario } from "../toolstack/scenario.ts";
+import { buildMachine, type Machine, parseScenario } from "../harness/scenario.ts";
 import { type BenchRow, interleave, machineRate, rateFor, row, warm } from "./common.ts";
 
 export const MMU_CASES = ["pin", "forkexec", "shootdown", "shootdown-ipi"] as const;

@@ -15,7 +15,7 @@ import { availableParallelism, tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { encodeXsMsg, XS } from "../abi/xs_wire.ts";
-import { toBytes, XsClient } from "../toolstack/xs_client.ts";
+import { toBytes, XsClient } from "../toolstack/xenstore/xs_client.ts";
 import { type BenchRow, median, row } from "./common.ts";
 
 // ---- starting and stopping daemons ----

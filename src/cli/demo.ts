@@ -2,12 +2,12 @@
 
 import { readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
-import { dumpEvtchn } from "../toolstack/dump.ts";
-import { parseGuestConfig } from "../toolstack/guest_cfg.ts";
-import { DEFAULT_HOST, Host } from "../toolstack/host.ts";
-import { allDomainInfo } from "../toolstack/host_info.ts";
-import { formatList } from "../toolstack/xl_format.ts";
-import { describeRun, parseScenario, runScenario } from "../toolstack/scenario.ts";
+import { dumpEvtchn } from "../harness/dump.ts";
+import { parseGuestConfig } from "../toolstack/libxl/guest_cfg.ts";
+import { DEFAULT_HOST, Host } from "../toolstack/libxl/host.ts";
+import { allDomainInfo } from "../toolstack/xl/host_info.ts";
+import { formatList } from "../toolstack/xl/xl_format.ts";
+import { describeRun, parseScenario, runScenario } from "../harness/scenario.ts";
 
 const DEMO = `
 name = "demo"

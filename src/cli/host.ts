@@ -6,9 +6,9 @@ import { existsSync, mkdirSync, openSync, readFileSync } from "node:fs";
 import { connect } from "node:net";
 import { join, resolve } from "node:path";
 import type { Command } from "commander";
-import { DEFAULT_HOST } from "../toolstack/host.ts";
-import { HOST_FILES, serveHost } from "../toolstack/host_server.ts";
-import { formatDmesg, formatInfo, formatList, formatUptime, formatVcpuList, type XlDomainInfo, type XlHostInfo } from "../toolstack/xl_format.ts";
+import { DEFAULT_HOST } from "../toolstack/libxl/host.ts";
+import { HOST_FILES, serveHost } from "../toolstack/xl/host_server.ts";
+import { formatDmesg, formatInfo, formatList, formatUptime, formatVcpuList, type XlDomainInfo, type XlHostInfo } from "../toolstack/xl/xl_format.ts";
 
 type Reply = Record<string, unknown> & { ok?: boolean; error?: string };
 

@@ -2,8 +2,8 @@
 // names the seed that replays it.
 
 import { GUEST_FIXES, isGuestFix } from "../guest/fixes.ts";
-import { dumpEvtchn } from "../toolstack/dump.ts";
-import { describeRun, loadScenario, runScenario, type Scenario, ScenarioError } from "../toolstack/scenario.ts";
+import { dumpEvtchn } from "../harness/dump.ts";
+import { describeRun, loadScenario, runScenario, type Scenario, ScenarioError } from "../harness/scenario.ts";
 
 export interface RunOptions {
   seed?: number;

@@ -7,7 +7,7 @@ import type { GuestCpu } from "../abi/cpu.ts";
 import { VIRQ } from "../abi/xen.ts";
 import type { EvtchnDevice } from "../guest/evtchn_dev.ts";
 import type { Workload, XenLinux } from "../guest/kernel.ts";
-import type { RingKicker } from "./xs_ring.ts";
+import type { RingKicker } from "./xenstored/xs_ring.ts";
 
 export class Dom0User implements Workload {
   readonly name = "dom0-userspace";

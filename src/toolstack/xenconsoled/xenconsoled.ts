@@ -1,9 +1,9 @@
 // xenconsoled: reads each domain's console output ring (io/console.h) when the domain kicks its
 // console channel, keeps the recent output for `xl console`, and tells listeners.
 
-import { XENCONS_INTERFACE as CONS } from "../abi/console.ts";
-import { ringTake } from "../abi/ring.ts";
-import type { RingKicker } from "./xs_ring.ts";
+import { XENCONS_INTERFACE as CONS } from "../../abi/console.ts";
+import { ringTake } from "../../abi/ring.ts";
+import type { RingKicker } from "../xenstored/xs_ring.ts";
 
 /** Output kept per domain for a console that attaches later. */
 const KEEP_BYTES = 256 * 1024;

@@ -1,9 +1,9 @@
 // What `xl list`, `vcpu-list`, `uptime` and `info` report, read from the host's hypervisor the way
 // libxl reads it through domctl/sysctl.
 
-import { RUNSTATE, SHUTDOWN } from "../abi/xen.ts";
-import type { Domain } from "../hypervisor/domain.ts";
-import type { Host } from "./host.ts";
+import { RUNSTATE, SHUTDOWN } from "../../abi/xen.ts";
+import type { Domain } from "../../hypervisor/domain.ts";
+import type { Host } from "../libxl/host.ts";
 import { formatAffinity, type XlDomainInfo, type XlHostInfo } from "./xl_format.ts";
 
 export function domainInfo(host: Host, d: Domain): XlDomainInfo {

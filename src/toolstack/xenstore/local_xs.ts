@@ -2,8 +2,8 @@
 // connection to the in-process xenstored whose replies arrive synchronously, as libxenstore's
 // would after a round trip.
 
-import { encodeXsMsg, takeXsMessages, XS, xsStringList, xsStrings, xsText } from "../abi/xs_wire.ts";
-import type { Xenstored, XsConnection } from "./xenstored/daemon.ts";
+import { encodeXsMsg, takeXsMessages, XS, xsStringList, xsStrings, xsText } from "../../abi/xs_wire.ts";
+import type { Xenstored, XsConnection } from "../xenstored/daemon.ts";
 
 export class XsCallError extends Error {
   constructor(

@@ -8,19 +8,19 @@
 // per-domain monitor, the host watches @releaseDomain and applies on_poweroff / on_reboot /
 // on_crash when a domain shuts down.
 
-import { SHUTDOWN } from "../abi/xen.ts";
-import { XenLinux } from "../guest/kernel.ts";
-import { workloadsFromCmdline } from "../guest/workloads.ts";
-import type { Domain } from "../hypervisor/domain.ts";
-import { Hypervisor } from "../hypervisor/hypervisor.ts";
-import { Rng } from "../util/rng.ts";
-import { type BuiltDomain, buildDomain } from "./builder.ts";
-import { Dom0User } from "./dom0_user.ts";
+import { SHUTDOWN } from "../../abi/xen.ts";
+import { XenLinux } from "../../guest/kernel.ts";
+import { workloadsFromCmdline } from "../../guest/workloads.ts";
+import type { Domain } from "../../hypervisor/domain.ts";
+import { Hypervisor } from "../../hypervisor/hypervisor.ts";
+import { Rng } from "../../util/rng.ts";
+import { type BuiltDomain, buildDomain } from "../libxc/builder.ts";
+import { Dom0User } from "../dom0_user.ts";
 import type { GuestConfig } from "./guest_cfg.ts";
-import { LocalXs } from "./local_xs.ts";
-import { ConsoleRing } from "./xenconsoled.ts";
-import { Xenstored, type XsClock, type XsDomainBackend, type XsTransport } from "./xenstored/daemon.ts";
-import { XsRingTransport } from "./xs_ring.ts";
+import { LocalXs } from "../xenstore/local_xs.ts";
+import { ConsoleRing } from "../xenconsoled/xenconsoled.ts";
+import { Xenstored, type XsClock, type XsDomainBackend, type XsTransport } from "../xenstored/daemon.ts";
+import { XsRingTransport } from "../xenstored/xs_ring.ts";
 
 export interface HostParams {
   pcpus: number;

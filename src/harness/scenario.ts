@@ -13,8 +13,8 @@ import { EvtchnPingPong, FanIn, IpiPingPong, workloadsFromCmdline } from "../gue
 import { ForkExec, IpiStorm } from "../guest/workloads_mm.ts";
 import { auditMm } from "./audit_mm.ts";
 import { auditEvtchn } from "./audit.ts";
-import { buildDomain, type DomainSpec, setCmdline } from "./builder.ts";
-import { cfgNumber, cfgString, cfgStringList, parseXlCfg, type XlConfig, XlCfgError } from "./xlcfg.ts";
+import { buildDomain, type DomainSpec, setCmdline } from "../toolstack/libxc/builder.ts";
+import { cfgNumber, cfgString, cfgStringList, parseXlCfg, type XlConfig, XlCfgError } from "../toolstack/libxl/xlcfg.ts";
 
 export interface ScenarioDomain {
   spec: DomainSpec;

@@ -9,11 +9,11 @@ import { existsSync, rmSync, writeFileSync } from "node:fs";
 import { createServer, type Server, type Socket } from "node:net";
 import { hostname } from "node:os";
 import { join } from "node:path";
-import { handleDebugKeys } from "../hypervisor/keyhandler.ts";
-import { parseGuestConfig } from "./guest_cfg.ts";
-import { Host, HostError, type HostParams } from "./host.ts";
+import { handleDebugKeys } from "../../hypervisor/keyhandler.ts";
+import { parseGuestConfig } from "../libxl/guest_cfg.ts";
+import { Host, HostError, type HostParams } from "../libxl/host.ts";
 import { allDomainInfo, hostInfo } from "./host_info.ts";
-import { listenXenstored } from "./xenstored/socket.ts";
+import { listenXenstored } from "../xenstored/socket.ts";
 
 export interface ServeOptions {
   dir: string;

@@ -3,7 +3,7 @@
 // input, replies and watch events go into `rsp` as room allows, and every move of an index is
 // followed by a kick on the inter-domain channel.
 
-import { ringPut, ringTake } from "../abi/ring.ts";
+import { ringPut, ringTake } from "../../abi/ring.ts";
 import {
   XENSTORE_CONNECTED,
   XENSTORE_DOMAIN_INTERFACE as RING,
@@ -12,8 +12,8 @@ import {
   XENSTORE_RING_SIZE,
   XENSTORE_SERVER_FEATURE_ERROR,
   XENSTORE_SERVER_FEATURE_RECONNECTION,
-} from "../abi/xs_wire.ts";
-import type { XsConnection, XsTransport } from "./xenstored/daemon.ts";
+} from "../../abi/xs_wire.ts";
+import type { XsConnection, XsTransport } from "./daemon.ts";
 
 /** How xenstored reaches the domain's event channel (dom0's /dev/xen/evtchn). */
 export interface RingKicker {

@@ -4,7 +4,7 @@
 // watch events (XS_WATCH_EVENT) interleave with them and go to the watch listeners instead.
 
 import { connect as netConnect, type Socket } from "node:net";
-import { encodeXsMsg, XS, XS_NAMES, XSD_SOCKMSG_SIZE, XENSTORE_PAYLOAD_MAX } from "../abi/xs_wire.ts";
+import { encodeXsMsg, XS, XS_NAMES, XSD_SOCKMSG_SIZE, XENSTORE_PAYLOAD_MAX } from "../../abi/xs_wire.ts";
 
 /** A failed request: `code` is the daemon's wire string ("EACCES", ...), or a local one (ECONNRESET, EPROTO). */
 export class XsError extends Error {

@@ -8,7 +8,7 @@ import { _PAGE_PRESENT, _PAGE_RW, pteMfn } from "../abi/x86.ts";
 import type { Hypervisor } from "../hypervisor/hypervisor.ts";
 import { PGT, PGT_TYPE_MASK } from "../hypervisor/page_info.ts";
 import type { XenLinux } from "../guest/kernel.ts";
-import { readGuestP2m } from "./builder.ts";
+import { readGuestP2m } from "../toolstack/libxc/builder.ts";
 
 export function auditMm(hv: Hypervisor, kernels: ReadonlyMap<number, XenLinux>): string[] {
   const out: string[] = [];

@@ -23,7 +23,7 @@
 // are warnings in `warnings`. Every error is a GuestCfgError: one line naming the file and key.
 
 import { randomBytes as cryptoRandomBytes } from "node:crypto";
-import { MAX_VIRT_CPUS } from "../abi/xen.ts";
+import { MAX_VIRT_CPUS } from "../../abi/xen.ts";
 import { cfgNumber, cfgString, cfgStringList, parseXlCfg, type XlConfig, XlCfgError } from "./xlcfg.ts";
 
 export type ShutdownAction = "destroy" | "restart" | "rename-restart" | "preserve" | "coredump-destroy" | "coredump-restart" | "soft-reset";

@@ -3,8 +3,8 @@
 // start_info, builds the initial pagetables and pins them, writing into guest frames through
 // foreign mappings as libxc does.
 
-import type { GuestImage } from "../abi/cpu.ts";
-import { type GuestWidth, layoutFor } from "../abi/layout.ts";
+import type { GuestImage } from "../../abi/cpu.ts";
+import { type GuestWidth, layoutFor } from "../../abi/layout.ts";
 import {
   _PAGE_ACCESSED,
   _PAGE_DIRTY,
@@ -15,10 +15,10 @@ import {
   pteHi,
   pteLo,
   tableIndex,
-} from "../abi/x86.ts";
-import { SIF_INITDOMAIN, SIF_PRIVILEGED, XEN_PAGE_SIZE } from "../abi/xen.ts";
-import type { Domain } from "../hypervisor/domain.ts";
-import type { Hypervisor } from "../hypervisor/hypervisor.ts";
+} from "../../abi/x86.ts";
+import { SIF_INITDOMAIN, SIF_PRIVILEGED, XEN_PAGE_SIZE } from "../../abi/xen.ts";
+import type { Domain } from "../../hypervisor/domain.ts";
+import type { Hypervisor } from "../../hypervisor/hypervisor.ts";
 
 export interface DomainSpec {
   name: string;
