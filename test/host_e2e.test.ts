@@ -9,9 +9,10 @@ import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, test } from "node:test";
+import { xenEnv, xenNeeds } from "./xen_tools.ts";
 
-const XEN_ROOT = process.env["XEN_ROOT"];
-const skip = XEN_ROOT && existsSync(join(XEN_ROOT, "usr/bin")) ? false : "XEN_ROOT is not set: run ../shared/xen-oracles/setup.sh first";
+const CLIENTS = xenNeeds("xenstore-clients");
+const skip = CLIENTS.skip();
 const CLI = [process.execPath, "--import", "tsx", "src/cli/main.ts"];
 
 function xensim(...args: string[]): { code: number; out: string; err: string } {
@@ -20,7 +21,7 @@ function xensim(...args: string[]): { code: number; out: string; err: string } {
 }
 
 function xenTool(dir: string, tool: string, ...args: string[]): { code: number; out: string; err: string } {
-  const r = spawnSync(tool, args, { encoding: "utf8", timeout: 30_000, env: { ...process.env, XENSTORED_PATH: join(dir, "xenstored.sock") } });
+  const r = spawnSync(tool, args, { encoding: "utf8", timeout: 30_000, env: xenEnv({ XENSTORED_PATH: join(dir, "xenstored.sock") }) });
   return { code: r.status ?? -1, out: r.stdout, err: r.stderr };
 }
 
@@ -59,6 +60,7 @@ after(() => {
 });
 
 test("up, create, xenstore-ls, xenstore-write poweroff, @releaseDomain, list, down", { skip }, async () => {
+  CLIENTS.test();
   const created = xensim("-H", dir, "create", "examples/guest.cfg");
   assert.equal(created.code, 0, created.out + created.err + hostOut);
   assert.match(created.err, /^Parsing config from examples\/guest\.cfg$/m);
@@ -85,7 +87,7 @@ test("up, create, xenstore-ls, xenstore-write poweroff, @releaseDomain, list, do
   assert.match(ls.out, /feature-poweroff = "1"/);
 
   // Watch @releaseDomain with the real client, then ask for a poweroff with the real writer.
-  const watch = spawn("xenstore-watch", ["-n", "2", "@releaseDomain"], { env: { ...process.env, XENSTORED_PATH: join(dir, "xenstored.sock") } });
+  const watch = spawn("xenstore-watch", ["-n", "2", "@releaseDomain"], { env: xenEnv({ XENSTORED_PATH: join(dir, "xenstored.sock") }) });
   let watchOut = "";
   watch.stdout.on("data", (b: Buffer) => {
     watchOut += b.toString();

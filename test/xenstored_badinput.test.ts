@@ -333,8 +333,9 @@ function floodEvents(fx: DaemonFixture): void {
 }
 
 for (const kind of ["c", "ours"] as const) {
-  const skip = kind === "c" ? referenceSkip() : false;
-  describe(`xenstored bad input: ${DAEMON_LABEL[kind]}`, { skip }, () => suite(daemonFixture(kind)));
-  describe(`xenstored unread replies: ${DAEMON_LABEL[kind]}`, { skip }, () => floodReplies(daemonFixture(kind)));
-  describe(`xenstored unread watch events: ${DAEMON_LABEL[kind]}`, { skip }, () => floodEvents(daemonFixture(kind)));
+  // one skip value per suite: each skipped suite is counted (test/xen_tools.ts)
+  const skip = () => (kind === "c" ? referenceSkip("c") : false);
+  describe(`xenstored bad input: ${DAEMON_LABEL[kind]}`, { skip: skip() }, () => suite(daemonFixture(kind)));
+  describe(`xenstored unread replies: ${DAEMON_LABEL[kind]}`, { skip: skip() }, () => floodReplies(daemonFixture(kind)));
+  describe(`xenstored unread watch events: ${DAEMON_LABEL[kind]}`, { skip: skip() }, () => floodEvents(daemonFixture(kind)));
 }

@@ -835,7 +835,7 @@ const REPLAY_PATH = process.env["XS_DIFF_PATH"];
 const otherKind = (process.env["XS_DIFF_OTHER"] ?? "ours") as DaemonKind;
 if (!(otherKind in DAEMON_LABEL)) throw new Error(`XS_DIFF_OTHER must be ours, c or ocaml, not ${otherKind}`);
 
-describe(`xenstored differential: ${DAEMON_LABEL[otherKind]} against C xenstored`, { skip: referenceSkip() }, () => {
+describe(`xenstored differential: ${DAEMON_LABEL[otherKind]} against C xenstored`, { skip: referenceSkip("c", otherKind) }, () => {
   const ref = daemonFixture("c");
   const other = daemonFixture(otherKind);
   const targets = () => {
@@ -894,7 +894,7 @@ describe(`xenstored differential: ${DAEMON_LABEL[otherKind]} against C xenstored
 // their requests while thousands are in flight with watch events interleaved.
 
 for (const kind of ["c", otherKind] as const) {
-  describe(`xs_client on ${DAEMON_LABEL[kind]}`, { skip: kind === "c" ? referenceSkip() : false }, () => {
+  describe(`xs_client on ${DAEMON_LABEL[kind]}`, { skip: kind === "ours" ? false : referenceSkip(kind) }, () => {
     const fx = daemonFixture(kind);
 
     test("typed calls: values, lists, permissions, errors, domains, control", async () => {

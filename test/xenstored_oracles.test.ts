@@ -3,9 +3,9 @@
 // xenstore-control, pyxs, and raw request sequences over sockets and domain rings whose replies
 // and watch events must be byte-identical.
 //
-// Needs the Debian Xen 4.17 packages unpacked by the xen-oracles setup:
-//   eval "$(bash /work/shared/xen-oracles/setup.sh /tmp/xen-oracles | grep ^export)"
-// Without XEN_ROOT the tests that need Xen's tools are skipped (with that message).
+// Needs Debian's Xen 4.17 packages, unpacked by `bash scripts/xen-tools.sh` (npm test runs it) and
+// found by test/xen_tools.ts; without them the tests that need them are skipped (with
+// XENSIM_REQUIRE_XEN_TOOLS=1 they fail).
 
 import assert from "node:assert/strict";
 import { type ChildProcess, execFile, execFileSync, spawn } from "node:child_process";
@@ -17,26 +17,14 @@ import { after, before, describe, test } from "node:test";
 import fc from "fast-check";
 import { XS, XS_NAMES } from "../src/abi/xs_wire.ts";
 import { type XsConnection, type XsDomainBackend, Xenstored, type XsTransport } from "../src/toolstack/xenstored/daemon.ts";
+import { RUN_XENSTORED, XEN_BIN, XEN_LIBEXEC, xenEnv, xenNeeds } from "./xen_tools.ts";
 
 const PROJECT = join(import.meta.dirname, "..");
-const XEN_ROOT = process.env.XEN_ROOT;
-const ORACLES = process.env.XEN_ORACLES ?? "/work/shared/xen-oracles";
-const SKIP: string | false =
-  XEN_ROOT === undefined
-    ? `XEN_ROOT is not set: run eval "$(bash ${ORACLES}/setup.sh /tmp/xen-oracles | grep ^export)" to test against Xen's own tools`
-    : false;
-const BIN = XEN_ROOT === undefined ? "" : join(XEN_ROOT, "usr/bin");
-const LIBBIN = XEN_ROOT === undefined ? "" : join(XEN_ROOT, "usr/lib/xen-4.17/bin");
-const RUN_XENSTORED = join(ORACLES, "run_xenstored.sh");
+const BIN = XEN_BIN;
+const LIBBIN = XEN_LIBEXEC;
 
 function toolEnv(socket: string): NodeJS.ProcessEnv {
-  const root = XEN_ROOT ?? "";
-  return {
-    ...process.env,
-    XENSTORED_PATH: socket,
-    LD_LIBRARY_PATH: join(root, "usr/lib/x86_64-linux-gnu"),
-    PYTHONPATH: [join(root, "usr/lib/xen-4.17/lib/python"), join(root, "usr/lib/python3/dist-packages")].join(":"),
-  };
+  return xenEnv({ XENSTORED_PATH: socket });
 }
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
@@ -99,12 +87,12 @@ async function startOurs(extra: string[] = []): Promise<Daemon & { child: ChildP
 /** Xen's C xenstored under the shim (run_xenstored.sh). */
 function startC(): Daemon {
   const dir = tmp("xensim-cxsd-");
-  execFileSync("bash", [RUN_XENSTORED, "c", dir], { env: { ...process.env, XEN_ROOT: XEN_ROOT ?? "" }, stdio: "pipe" });
+  execFileSync("bash", [RUN_XENSTORED, "c", dir], { env: xenEnv(), stdio: "pipe" });
   return {
     socket: join(dir, "socket"),
     dir,
     async stop() {
-      execFileSync("bash", [RUN_XENSTORED, "stop", dir], { stdio: "pipe" });
+      execFileSync("bash", [RUN_XENSTORED, "stop", dir], { env: xenEnv(), stdio: "pipe" });
       rmSync(dir, { recursive: true, force: true });
     },
   };
@@ -183,7 +171,11 @@ test("xensim xenstored: a socket client that never reads stays bounded; other cl
   }
 });
 
-describe("Xen's clients against xensim xenstored", { skip: SKIP }, () => {
+const CLIENTS = xenNeeds("xenstored", "test-xenstore", "xenstore-clients", "xenstore-control", "pyxs");
+const C_XENSTORED = xenNeeds("xenstored");
+
+describe("Xen's clients against xensim xenstored", { skip: CLIENTS.skip() }, () => {
+  CLIENTS.suite();
   let ours: Awaited<ReturnType<typeof startOurs>>;
   let c: Daemon;
   before(async () => {
@@ -665,7 +657,8 @@ const dom5: Step[] = [
   ["s0", XS.SET_PERMS, z("/local/domain/5", "n5", "r0")],
 ];
 
-describe("raw requests: the same replies and watch events as C xenstored", { skip: SKIP }, () => {
+describe("raw requests: the same replies and watch events as C xenstored", { skip: C_XENSTORED.skip() }, () => {
+  C_XENSTORED.suite();
   test("a payload over 4096 bytes: the connection is closed at once, nothing is answered", async () => {
     const ours = await startOurs();
     const c = startC();
@@ -903,7 +896,8 @@ describe("raw requests: the same replies and watch events as C xenstored", { ski
   });
 });
 
-describe("random request sequences: the same replies and watch events as C xenstored", { skip: SKIP }, () => {
+describe("random request sequences: the same replies and watch events as C xenstored", { skip: C_XENSTORED.skip() }, () => {
+  C_XENSTORED.suite();
   const RUNS = Number(process.env.XS_ORACLE_RUNS ?? 8);
   const conn = fc.constantFrom("s0", "s1", "d5");
   const path = fc.constantFrom("/r", "/r/a", "/r/a/b", "/r/c", "r", "r/x", "/local/domain/5/p", "p", "p/q", "/tool", "/r//x", "@releaseDomain");

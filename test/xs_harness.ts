@@ -10,22 +10,25 @@ import {
   daemonAlive,
   PROJECT_ROOT,
   type RunningDaemon,
-  referenceUnavailable,
   rssKiB,
   sleep,
   startXenstored,
 } from "../src/bench/xenstore.ts";
 import { XsClient } from "../src/toolstack/xenstore/xs_client.ts";
+import { xenNeeds, xenSkip } from "./xen_tools.ts";
 
 export { DAEMON_LABEL, daemonAlive, type DaemonKind, type RunningDaemon, rssKiB, sleep };
 
 /** How the tests run the project's daemon: `node --import tsx src/cli/main.ts xenstored --socket PATH`. */
 export const XENSIM_CMD: readonly string[] = [process.execPath, "--import", "tsx", join(PROJECT_ROOT, "src/cli/main.ts")];
 
-/** A `skip` option for tests of a reference daemon: a message when XEN_ROOT is not set up. */
-export function referenceSkip(): string | false {
-  const why = referenceUnavailable();
-  return why ? `reference xenstored unavailable: ${why}` : false;
+/**
+ * The `skip` option of a suite that runs these daemons (C xenstored when none is named): the
+ * reason when a reference daemon among them is missing (see test/xen_tools.ts), else false.
+ */
+export function referenceSkip(...kinds: DaemonKind[]): string | false {
+  const need = kinds.length === 0 ? ["c"] : kinds;
+  return xenSkip(...(need.includes("c") ? (["xenstored"] as const) : []), ...(need.includes("ocaml") ? (["oxenstored"] as const) : []));
 }
 
 export function startDaemon(kind: DaemonKind): Promise<RunningDaemon> {
@@ -45,6 +48,8 @@ export interface DaemonFixture {
  * is rethrown by every test that uses it, so each fails with the reason.
  */
 export function daemonFixture(kind: DaemonKind): DaemonFixture {
+  // the suite's tests run a reference daemon: count them among the tests that need Xen's tools
+  if (kind !== "ours") xenNeeds(kind === "c" ? "xenstored" : "oxenstored").suite();
   let d: RunningDaemon | undefined;
   let err: unknown;
   const clients = new Set<XsClient>();

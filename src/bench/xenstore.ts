@@ -3,8 +3,9 @@
 // operations per second: read, write, directory, and an empty transaction (start + commit), each
 // one request at a time and with 32 in flight, beside its ratio to C xenstored.
 //
-// Placement: on the 2-core machines the figures swing 2x with CPU placement (oracles README
-// section 4), so the daemon under test runs on CPU 1 and the client on CPU 0, for every daemon.
+// Placement: on the 2-core machines the figures swing 2x with CPU placement (as measured with
+// the reference daemons alone), so the daemon under test runs on CPU 1 and the client on CPU 0,
+// for every daemon.
 //
 // This module also starts and stops the daemons; the xenstore tests use it through
 // test/xs_harness.ts, so that the tests and the benchmark run each daemon the same way.
@@ -12,7 +13,7 @@
 import { type ChildProcess, execFile, execFileSync, spawn } from "node:child_process";
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { availableParallelism, tmpdir } from "node:os";
-import { join, resolve } from "node:path";
+import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { encodeXsMsg, XS } from "../abi/xs_wire.ts";
 import { toBytes, XsClient } from "../toolstack/xenstore/xs_client.ts";
@@ -44,18 +45,33 @@ export interface StartOptions {
 
 export const PROJECT_ROOT = fileURLToPath(new URL("../../", import.meta.url));
 
-/** Why the reference daemons cannot run here, or undefined when they can. */
-export function referenceUnavailable(): string | undefined {
-  const root = process.env["XEN_ROOT"];
-  if (!root) return "XEN_ROOT is unset: run eval \"$(bash /work/shared/xen-oracles/setup.sh /tmp/xen-oracles | grep ^export)\"";
-  if (!existsSync(join(root, "usr/lib/xen-4.17/bin/xenstored"))) return `no xenstored under XEN_ROOT=${root}`;
-  if (!existsSync(runScript())) return `${runScript()} not found (set XEN_ORACLES_DIR)`;
+// Xen's tools: Debian's packages unpacked by scripts/xen-tools.sh into the project's cache, or
+// those under $XEN_ROOT (and the shim at $XENSHIM) when set. scripts/run-xenstored.sh starts them.
+
+function xenToolsCache(): string {
+  return process.env["XEN_TOOLS_CACHE"] || join(PROJECT_ROOT, ".cache", "xen-tools");
+}
+
+function xenRoot(): string {
+  return process.env["XEN_ROOT"] || join(xenToolsCache(), "root");
+}
+
+function xenShim(): string {
+  return process.env["XENSHIM"] || join(xenToolsCache(), "xenshim.so");
+}
+
+/** Why a reference daemon cannot run here, or undefined when it can. */
+export function referenceUnavailable(kind: "c" | "ocaml" = "c"): string | undefined {
+  const exe = join(xenRoot(), "usr/lib/xen-4.17/bin", kind === "c" ? "xenstored" : "oxenstored");
+  const fix = "run `bash scripts/xen-tools.sh` (or set XEN_ROOT and XENSHIM)";
+  if (!existsSync(exe)) return `${exe} not found: ${fix}`;
+  if (!existsSync(xenShim())) return `${xenShim()} not found: ${fix}`;
+  if (!existsSync(runScript())) return `${runScript()} not found`;
   return undefined;
 }
 
 function runScript(): string {
-  const dir = process.env["XEN_ORACLES_DIR"] ?? resolve(PROJECT_ROOT, "../shared/xen-oracles");
-  return join(dir, "run_xenstored.sh");
+  return join(PROJECT_ROOT, "scripts", "run-xenstored.sh");
 }
 
 const live = new Set<RunningDaemon>();
@@ -88,12 +104,13 @@ export async function startXenstored(kind: DaemonKind, opts: StartOptions = {}):
 }
 
 async function startReference(kind: "c" | "ocaml", dir: string, opts: StartOptions): Promise<RunningDaemon> {
-  const why = referenceUnavailable();
+  const why = referenceUnavailable(kind);
   if (why) throw new Error(`reference ${kind} xenstored unavailable: ${why}`);
   const cmd = opts.cpu === undefined ? ["bash", runScript()] : ["taskset", "-c", String(opts.cpu), "bash", runScript()];
   await new Promise<void>((res, rej) => {
-    execFile(cmd[0]!, [...cmd.slice(1), kind, dir], { encoding: "utf8" }, (err, _out, stderr) => {
-      if (err) rej(new Error(`run_xenstored.sh ${kind} failed: ${stderr || err.message}`));
+    const env = { ...process.env, XEN_ROOT: xenRoot(), XENSHIM: xenShim() };
+    execFile(cmd[0]!, [...cmd.slice(1), kind, dir], { encoding: "utf8", env }, (err, _out, stderr) => {
+      if (err) rej(new Error(`run-xenstored.sh ${kind} failed: ${stderr || err.message}`));
       else res();
     });
   });
@@ -228,7 +245,7 @@ const CLIENT_BOUND = 0.9;
 export const XENSTORE_NOTES = [
   "ops/s through one socket connection: one request at a time (1), or 32 in flight (32); median of 5 rounds alternating",
   "between the daemons. ratio = figure / C xenstored's for the same case (for daemon CPU per op, above 1 = more CPU than C).",
-  "Daemons: xensim = `xensim xenstored`; C xenstored and oxenstored are Xen 4.17 (Debian) under the xen-oracles shim.",
+  "Daemons: xensim = `xensim xenstored`; C xenstored and oxenstored are Xen 4.17 (Debian) under the project's shim (scripts/xenshim.c).",
   `Placement (taskset): every daemon on CPU ${CPU_DAEMON}. One at a time, the client is on the same CPU: across CPUs this VM's`,
   "wake-up latency dominates (about 2-3k ops/s whatever the daemon). 32 in flight, the client is on CPU 0, so that its own",
   `work does not take the daemon's CPU; a row marked "client-bound" had the client busy over ${CLIENT_BOUND * 100}% of the time.`,
@@ -373,8 +390,9 @@ export async function benchXenstore(op: string, ms: number): Promise<BenchRow[]>
     for (const kind of KINDS) {
       const t: Target = { kind, daemon: undefined, client: undefined, unavailable: undefined };
       targets.push(t);
-      if (kind !== "ours" && referenceUnavailable()) {
-        t.unavailable = process.env["XEN_ROOT"] ? "reference not found" : "XEN_ROOT unset";
+      const why = kind === "ours" ? undefined : referenceUnavailable(kind);
+      if (why !== undefined) {
+        t.unavailable = why;
         continue;
       }
       try {
