@@ -4,7 +4,8 @@
 // be written out with the rest of guest state; handlers are named, not captured closures.
 
 import type { GuestCpu } from "../abi/cpu.ts";
-import type { EvtchnBackend, EvtchnLoopCtrl } from "./evtchn_backend.ts";
+import { XEN_ERRNO as E } from "../abi/xen.ts";
+import type { EvtchnLoopCtrl, EvtchnOps } from "./evtchn_backend.ts";
 import type { Hypercalls } from "./hypercalls.ts";
 
 export const IRQT = { UNBOUND: 0, PIRQ: 1, VIRQ: 2, IPI: 3, EVTCHN: 4 } as const;
@@ -72,7 +73,7 @@ export class XenEvents {
   spuriousEoi = 0;
 
   constructor(
-    readonly backend: EvtchnBackend,
+    readonly backend: EvtchnOps,
     private readonly hc: Hypercalls,
     private readonly p: EventsParams,
   ) {
@@ -150,7 +151,7 @@ export class XenEvents {
   }
 
   bindEvtchnToIrq(cpu: GuestCpu, port: number, chip: IrqChip): number {
-    if (port <= 0 || port >= this.evtchnToIrq.length) return -22;
+    if (port <= 0 || port >= this.evtchnToIrq.length) return -E.EINVAL;
     let irq = this.evtchnToIrq[port]!;
     if (irq === -1) {
       const info = this.allocIrq(IRQT.EVTCHN, 0, 0, chip);
@@ -205,8 +206,8 @@ export class XenEvents {
   /** request_irq: attaches a named handler and enables the irq. */
   requestIrq(cpu: GuestCpu, irq: number, handler: string, devId: number): number {
     const info = this.irqs[irq];
-    if (!info) return -22;
-    if (!this.handlers.has(handler)) return -22;
+    if (!info) return -E.EINVAL;
+    if (!this.handlers.has(handler)) return -E.EINVAL;
     info.handler = handler;
     info.devId = devId;
     this.handlerFns[irq] = this.handlers.get(handler);
@@ -279,6 +280,7 @@ export class XenEvents {
       }
       else if (info.type === IRQT.IPI) this.ipiToIrq[info.cpu]![info.index] = -1;
       this.evtchnToIrq[port] = -1;
+      this.backend.remove(port, info.cpu);
       info.evtchn = 0;
       this.removeFromEoiList(info);
       this.hc.evtchnClose(cpu, port);
@@ -339,7 +341,7 @@ export class XenEvents {
   /** set_affinity: EVTCHNOP_bind_vcpu under a temporary mask. IPIs and per-CPU VIRQs refuse. */
   setAffinity(cpu: GuestCpu, irq: number, tcpu: number): number {
     const info = this.irqs[irq];
-    if (!info || info.evtchn === 0) return -22;
+    if (!info || info.evtchn === 0) return -E.EINVAL;
     this.doMask(info, EVT_MASK_REASON.TEMPORARY);
     const rc = this.hc.bindVcpu(cpu, info.evtchn, tcpu);
     if (rc >= 0) this.bindEvtchnToCpu(info, tcpu);
@@ -350,14 +352,14 @@ export class XenEvents {
   /** notify_remote_via_irq. */
   notifyRemoteViaIrq(cpu: GuestCpu, irq: number): number {
     const info = this.irqs[irq];
-    if (!info || info.evtchn === 0) return -22;
+    if (!info || info.evtchn === 0) return -E.EINVAL;
     return this.hc.evtchnSend(cpu, info.evtchn);
   }
 
   /** xen_send_IPI_one. */
   sendIpi(cpu: GuestCpu, tcpu: number, vector: number): number {
     const irq = this.ipiToIrq[tcpu]![vector]!;
-    if (irq < 0) return -22;
+    if (irq < 0) return -E.EINVAL;
     return this.hc.evtchnSend(cpu, this.irqs[irq]!.evtchn);
   }
 

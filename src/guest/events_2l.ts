@@ -4,7 +4,7 @@
 
 import type { GuestCpu } from "../abi/cpu.ts";
 import type { Layout } from "../abi/layout.ts";
-import type { EvtchnBackend, EvtchnLoopCtrl } from "./evtchn_backend.ts";
+import type { EvtchnLoopCtrl, EvtchnOps } from "./evtchn_backend.ts";
 import type { Hypercalls } from "./hypercalls.ts";
 
 /** Lowest set bit at or above `from` in the (lo, hi) pair, or -1. */
@@ -19,7 +19,7 @@ function firstBitFrom(lo: number, hi: number, from: number): number {
   return m !== 0 ? 63 - Math.clz32(m & -m) : -1;
 }
 
-export class Events2L implements EvtchnBackend {
+export class Events2L implements EvtchnOps {
   readonly name = "2-level" as const;
   private readonly bpw: 32 | 64;
   private readonly nrPorts: number;
@@ -59,12 +59,26 @@ export class Events2L implements EvtchnBackend {
     return this.nrPorts;
   }
 
+  nrChannels(): number {
+    return this.nrPorts;
+  }
+
   setup(): number {
     return 0;
   }
 
   initCpu(): number {
     return 0;
+  }
+
+  /** evtchn_2l_resume: no port is routed to an online CPU until it is bound again. */
+  resume(_cpu: GuestCpu, cpuOnline: (c: number) => boolean): number {
+    for (let c = 0; c < this.cpuMask.length; c++) if (cpuOnline(c)) this.cpuMask[c]!.fill(0);
+    return 0;
+  }
+
+  remove(port: number, onCpu: number): void {
+    this.cpuMask[onCpu]![port >>> 5]! &= ~(1 << (port & 31));
   }
 
   bindToCpu(port: number, tcpu: number, oldCpu: number): void {

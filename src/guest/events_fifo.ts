@@ -1,9 +1,10 @@
 // The guest's FIFO backend (Linux events_fifo.c): a control block per CPU, event array pages
-// added on demand with EVTCHNOP_expand_array, and queue consumption by priority.
+// added on demand with EVTCHNOP_expand_array, and queue consumption by priority. Over a resume
+// the pages are kept: the control blocks are registered again and the array re-expanded.
 
 import type { GuestCpu } from "../abi/cpu.ts";
-import { EVTCHN_FIFO as F } from "../abi/xen.ts";
-import type { EvtchnBackend, EvtchnLoopCtrl } from "./evtchn_backend.ts";
+import { XEN_ERRNO as E, EVTCHN_FIFO as F } from "../abi/xen.ts";
+import type { EvtchnLoopCtrl, EvtchnOps } from "./evtchn_backend.ts";
 import type { Hypercalls } from "./hypercalls.ts";
 
 const PENDING = 1 << F.PENDING;
@@ -11,15 +12,26 @@ const MASKED = 1 << F.MASKED;
 const LINKED = 1 << F.LINKED;
 const LINK_MASK = F.LINK_MASK;
 
-/** The guest pages the backend needs: allocated, zeroed and mapped, with their gfn (mfn). */
-export interface PageSource {
-  allocZeroedPage(cpu: GuestCpu): { words: Uint32Array; gfn: number } | undefined;
+/** A mapped guest page and its gfn (mfn). */
+export interface GuestPage {
+  words: Uint32Array;
+  gfn: number;
 }
 
-export class EventsFifo implements EvtchnBackend {
+/** The guest pages the backend needs: allocated zeroed and mapped (get_zeroed_page), and freed. */
+export interface PageSource {
+  allocZeroedPage(cpu: GuestCpu): GuestPage | undefined;
+  freePage(gfn: number): void;
+}
+
+export class EventsFifo implements EvtchnOps {
   readonly name = "FIFO" as const;
+  /** Every event array page allocated (Linux's event_array[]), kept over a resume for reuse. */
+  private readonly arrayPages: GuestPage[] = [];
+  /** The words of those Xen has now (event_array_pages of them), by port >> 10. */
   private readonly pages: Uint32Array[] = [];
-  private readonly controlBlocks: (Uint32Array | undefined)[];
+  /** Per-CPU control blocks (cpu_control_block), kept over a resume. */
+  private readonly controlBlocks: (GuestPage | undefined)[];
   /** Per-CPU local copies of the queue heads (Linux's cpu_queue). */
   private readonly heads: Uint32Array[];
 
@@ -38,27 +50,71 @@ export class EventsFifo implements EvtchnBackend {
     return F.NR_CHANNELS;
   }
 
-  /** init_control for one CPU. The first call switches the domain to FIFO (or fails: use 2L). */
-  initCpu(cpu: GuestCpu, forCpu = cpu.vcpuId): number {
+  nrChannels(): number {
+    return this.pages.length * F.EVENT_WORDS_PER_PAGE;
+  }
+
+  /**
+   * percpu_init (evtchn_fifo_alloc_control_block): a control block for `forCpu`, unless it has
+   * one. The boot CPU's is the first init_control, which switches the domain to FIFO (or fails,
+   * and the kernel uses 2-level).
+   */
+  initCpu(cpu: GuestCpu, forCpu: number): number {
+    if (this.controlBlocks[forCpu]) return 0;
     const page = this.pagesFrom.allocZeroedPage(cpu);
-    if (!page) return -12;
-    const rc = this.hc.initControl(cpu, page.gfn, 0, forCpu);
+    if (!page) return -E.ENOMEM;
+    const rc = this.initControlBlock(cpu, forCpu, page);
     if (rc < 0) return rc;
-    this.controlBlocks[forCpu] = page.words;
+    this.controlBlocks[forCpu] = page;
+    return 0;
+  }
+
+  /** init_control_block: a cleared block and local heads, registered with EVTCHNOP_init_control. */
+  private initControlBlock(cpu: GuestCpu, forCpu: number, page: GuestPage): number {
+    page.words.fill(0);
+    this.heads[forCpu]!.fill(0);
+    return this.hc.initControl(cpu, page.gfn, 0, forCpu);
+  }
+
+  /**
+   * evtchn_fifo_resume: registers each online CPU's control block again (an offline CPU's is
+   * freed), and empties the event array: setup expands it again, with the pages it had.
+   */
+  resume(cpu: GuestCpu, cpuOnline: (c: number) => boolean): number {
+    for (let c = 0; c < this.controlBlocks.length; c++) {
+      const cb = this.controlBlocks[c];
+      if (!cb) continue;
+      if (!cpuOnline(c)) {
+        this.pagesFrom.freePage(cb.gfn);
+        this.controlBlocks[c] = undefined;
+        continue;
+      }
+      const rc = this.initControlBlock(cpu, c, cb);
+      if (rc < 0) return rc;
+    }
+    this.pages.length = 0;
     return 0;
   }
 
   setup(cpu: GuestCpu, port: number): number {
+    if (port >= F.NR_CHANNELS) return -E.EINVAL;
     while (port >= this.pages.length * F.EVENT_WORDS_PER_PAGE) {
-      const page = this.pagesFrom.allocZeroedPage(cpu);
-      if (!page) return -12;
-      // Mask every event in the new page before Xen can see it.
+      const n = this.pages.length;
+      // After a resume the page is already there.
+      const page = this.arrayPages[n] ?? this.pagesFrom.allocZeroedPage(cpu);
+      if (!page) return -E.ENOMEM;
+      // Mask every event in the page before Xen can see it.
       page.words.fill(MASKED);
       const rc = this.hc.expandArray(cpu, page.gfn);
       if (rc < 0) return rc;
+      this.arrayPages[n] = page;
       this.pages.push(page.words);
     }
     return 0;
+  }
+
+  remove(): void {
+    // Only 2-level routes ports to CPUs in the guest.
   }
 
   bindToCpu(): void {
@@ -118,7 +174,7 @@ export class EventsFifo implements EvtchnBackend {
   }
 
   handleEvents(cpu: GuestCpu, _ctrl: EvtchnLoopCtrl, handle: (port: number) => void): void {
-    const cb = this.controlBlocks[cpu.vcpuId];
+    const cb = this.controlBlocks[cpu.vcpuId]?.words;
     if (!cb) return;
     let ready = cb[0]!;
     cb[0] = 0;

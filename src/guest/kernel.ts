@@ -4,10 +4,10 @@
 
 import type { GuestCpu, GuestImage } from "../abi/cpu.ts";
 import { type GuestWidth, type Layout, layoutFor } from "../abi/layout.ts";
-import { CALLBACKTYPE, HYPERVISOR, SIF_INITDOMAIN, VCPUOP, VGCF_in_kernel, VGCF_online, VIRQ, XEN_PAGE_SIZE } from "../abi/xen.ts";
-import type { EvtchnBackend } from "./evtchn_backend.ts";
+import { CALLBACKTYPE, HYPERVISOR, SIF_INITDOMAIN, VCPUOP, VGCF_in_kernel, VIRQ, XEN_PAGE_SIZE } from "../abi/xen.ts";
+import type { EvtchnOps } from "./evtchn_backend.ts";
 import { Events2L } from "./events_2l.ts";
-import { EventsFifo, type PageSource } from "./events_fifo.ts";
+import { EventsFifo, type GuestPage, type PageSource } from "./events_fifo.ts";
 import { EvtchnDevice } from "./evtchn_dev.ts";
 import { XEN_IPI, XenEvents } from "./events.ts";
 import { disabledFixes } from "./fixes.ts";
@@ -47,6 +47,8 @@ export interface PerCpu {
 
 export class XenLinux implements GuestImage, Scratch, PageSource {
   readonly entry: number;
+  /** The kernel text's entry points (GuestImage.symbols): what vCPU contexts name in rip and the callbacks. */
+  readonly symbols: Readonly<Record<keyof typeof SYM, number>>;
   readonly layout: Layout;
   readonly base: number;
   readonly hc: Hypercalls;
@@ -87,6 +89,13 @@ export class XenLinux implements GuestImage, Scratch, PageSource {
     this.layout = layoutFor(width);
     this.base = this.layout.PAGE_OFFSET;
     this.entry = this.base + SYM.startup_xen;
+    const base = this.base;
+    this.symbols = Object.freeze({
+      startup_xen: base + SYM.startup_xen,
+      xen_hypervisor_callback: base + SYM.xen_hypervisor_callback,
+      xen_failsafe_callback: base + SYM.xen_failsafe_callback,
+      cpu_bringup_and_idle: base + SYM.cpu_bringup_and_idle,
+    });
     this.hc = new Hypercalls(this);
   }
 
@@ -157,12 +166,17 @@ export class XenLinux implements GuestImage, Scratch, PageSource {
     this.freePfns.push(pfn);
   }
 
-  allocZeroedPage(cpu: GuestCpu): { words: Uint32Array; gfn: number } | undefined {
+  allocZeroedPage(cpu: GuestCpu): GuestPage | undefined {
     const pfn = this.allocPfn();
     if (pfn === undefined) return undefined;
     const words = cpu.pageWords(this.va(pfn));
     words.fill(0);
     return { words, gfn: this.pfnToMfn(cpu, pfn) };
+  }
+
+  freePage(gfn: number): void {
+    const pfn = this.m2p.get(gfn);
+    if (pfn !== undefined) this.freePfn(pfn);
   }
 
   scratchVa(cpu: GuestCpu): number {
@@ -301,18 +315,17 @@ export class XenLinux implements GuestImage, Scratch, PageSource {
   }
 
   private initEvents(cpu: GuestCpu): void {
-    let backend: EvtchnBackend | undefined;
+    let backend: EvtchnOps | undefined;
     const unmaskFix = !disabledFixes(this.options.get("xensim.disable_fix")).has("unmask-pending");
     if (this.option("xen.fifo_events", "1") !== "0") {
       const fifo = new EventsFifo(this.nrCpus, this.hc, this, unmaskFix);
-      // Falls back to 2-level if Xen refuses (as Linux does on -ENOSYS).
-      if (fifo.initCpu(cpu, 0) === 0) backend = fifo;
+      // xen_evtchn_fifo_init: the boot CPU's control block; falls back to 2-level if Xen
+      // refuses (as Linux does on -ENOSYS).
+      if (fifo.initCpu(cpu, cpu.vcpuId) === 0) backend = fifo;
     }
-    if (!backend) {
-      const l2 = new Events2L(new Uint32Array(this.si.buffer), this.layout, this.nrCpus, this.hc, () => this.events.timerPorts, unmaskFix);
-      for (let port = 0; port < l2.maxChannels(); port++) l2.mask(port);
-      backend = l2;
-    }
+    backend ??= new Events2L(new Uint32Array(this.si.buffer), this.layout, this.nrCpus, this.hc, () => this.events.timerPorts, unmaskFix);
+    // xen_init_IRQ: every port the ABI has now starts masked.
+    for (let port = 0; port < backend.nrChannels(); port++) backend.mask(port);
     this.events = new XenEvents(backend, this.hc, { nrCpus: this.nrCpus, jiffyNs: TICK_NS, now: (c) => this.now(c) });
     this.smp = new SmpCalls(this.nrCpus, this.events);
     const off = disabledFixes(this.options.get("xensim.disable_fix"));
@@ -339,7 +352,7 @@ export class XenLinux implements GuestImage, Scratch, PageSource {
     const need = (irq: number, what: string) => {
       if (irq < 0) throw new Error(`cannot bind ${what} for CPU ${c}: ${irq}`);
     };
-    if (c !== 0 && ev.backend.name === "FIFO") need((ev.backend as EventsFifo).initCpu(cpu, c), "FIFO control block");
+    need(ev.backend.initCpu(cpu, c), "per-CPU event channel state");
     need(ev.bindVirqToIrqhandler(cpu, VIRQ.TIMER, c, "timer_interrupt", c), "timer");
     need(ev.bindIpiToIrqhandler(cpu, XEN_IPI.RESCHEDULE, c, "reschedule", c), "resched IPI");
     need(ev.bindIpiToIrqhandler(cpu, XEN_IPI.CALL_FUNCTION, c, "call_function", c), "callfunc IPI");
@@ -354,7 +367,9 @@ export class XenLinux implements GuestImage, Scratch, PageSource {
     const ctx = this.scratchVa(cpu);
     for (let off = 0; off < C.size; off += 4) cpu.write32(ctx + off, 0);
     const put = (off: number, v: number) => (this.layout.ulong === 8 ? cpu.write64(ctx + off, v) : cpu.write32(ctx + off, v));
-    put(C.flags, VGCF_in_kernel | VGCF_online);
+    // As Linux's cpu_initialize_context: in kernel mode but not online; VCPUOP_up brings it up
+    // (VGCF_online would clear _VPF_down without waking the vCPU, so VCPUOP_up would not wake it).
+    put(C.flags, VGCF_in_kernel);
     put(C.user_regs_ip, this.base + SYM.cpu_bringup_and_idle);
     put(C.user_regs_sp, this.percpu[c]!.scratchVa + 2 * XEN_PAGE_SIZE);
     put(C.kernel_sp, this.percpu[c]!.scratchVa + 2 * XEN_PAGE_SIZE);

@@ -3,6 +3,7 @@
 
 import { DOMID_SELF, NR_VIRQS, EVTCHN_FIFO as F, XEN_ERRNO as E, EVTCHNSTAT, virqIsPerVcpu, VIRQ } from "../abi/xen.ts";
 import type { Domain } from "./domain.ts";
+import { evtchn2lInit } from "./evtchn_2l.ts";
 
 /** Xen's ECS_* channel states. */
 export const ECS = { FREE: 0, RESERVED: 1, UNBOUND: 2, INTERDOMAIN: 3, PIRQ: 4, VIRQ: 5, IPI: 6 } as const;
@@ -291,6 +292,6 @@ export function evtchnReset(host: EvtchnHost, caller: Domain, dom: number, resum
     if (t.state[port] !== ECS.FREE) evtchnClose(host, d, port);
   }
   host.releaseFifoPages(d);
-  d.useTwoLevel();
+  evtchn2lInit(d);
   return 0;
 }

@@ -2,9 +2,15 @@
 // selector word per vCPU. Bit p of a bitmap is bit (p & 31) of 32-bit word p >> 5 for both
 // widths, since a little-endian 64-bit word is two 32-bit words.
 
+import { XEN_ERRNO as E } from "../abi/xen.ts";
 import type { Domain } from "./domain.ts";
 import type { EvtchnPortOps } from "./evtchn_ops.ts";
 import type { Vcpu } from "./vcpu.ts";
+
+/** evtchn_2l_init: installs the 2-level ABI on `d`, at creation and when EVTCHNOP_reset leaves FIFO. */
+export function evtchn2lInit(d: Domain): void {
+  d.portOps = new Evtchn2L(d);
+}
 
 export class Evtchn2L implements EvtchnPortOps {
   readonly name = "2-level" as const;
@@ -81,7 +87,7 @@ export class Evtchn2L implements EvtchnPortOps {
   }
 
   setPriority(): number {
-    return -38; // -ENOSYS: 2-level channels have no priorities
+    return -E.ENOSYS; // 2-level channels have no priorities
   }
 
   describe(): string {

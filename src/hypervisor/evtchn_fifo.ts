@@ -21,6 +21,29 @@ export interface FifoControlBlock {
   readonly tail: Uint32Array;
 }
 
+/**
+ * evtchn_fifo_init_control once the hypercall's arguments are checked: the domain's first control
+ * block installs the FIFO ABI on it, then the block is mapped for `v`.
+ */
+export function evtchnFifoInitControl(d: Domain, v: Vcpu, mfn: number, words: Uint32Array, offset: number): number {
+  const fifo = d.fifo ?? evtchnFifoInstall(d);
+  return fifo.initControl(v, mfn, words, offset);
+}
+
+/**
+ * The switch to FIFO (setup_event_array, setup_ports, then d->evtchn_port_ops): an empty event
+ * array, and every port pending under 2-level stays pending under FIFO.
+ */
+function evtchnFifoInstall(d: Domain): EvtchnFifo {
+  const fifo = new EvtchnFifo(d);
+  const old = d.portOps;
+  for (let port = 1; port < d.evtchn.validPorts; port++) {
+    if (old.isPending(port)) fifo.pendingNoWord[port] = 1;
+  }
+  d.portOps = fifo;
+  return fifo;
+}
+
 export class EvtchnFifo implements EvtchnPortOps {
   readonly name = "FIFO" as const;
   readonly maxPorts = F.NR_CHANNELS;

@@ -14,6 +14,7 @@ import {
   evtchnStatus,
   evtchnUnmask,
 } from "./evtchn.ts";
+import { evtchnFifoInitControl } from "./evtchn_fifo.ts";
 import type { Hypervisor } from "./hypervisor.ts";
 import { PGT } from "./page_info.ts";
 import type { Vcpu } from "./vcpu.ts";
@@ -118,8 +119,7 @@ function initControl(hv: Hypervisor, v: Vcpu, arg: number): number {
   if (offset & 7) return -E.EINVAL;
   if (d.fifo?.controlBlocks[vcpuId]) return -E.EINVAL;
   if (!Number.isInteger(gfn) || hv.mm.getPageAndType(gfn, PGT.writable, d) < 0) return -E.EINVAL;
-  const fifo = d.fifo ?? d.switchToFifo();
-  const rc = fifo.initControl(target, gfn, hv.memory.u32(gfn), offset);
+  const rc = evtchnFifoInitControl(d, target, gfn, hv.memory.u32(gfn), offset);
   if (rc < 0) {
     hv.mm.putPageAndType(gfn);
     return rc;
