@@ -1,7 +1,8 @@
 // Proves src/abi/xen.ts, src/abi/layout.ts and src/abi/xs_wire.ts against Xen 4.17's real public headers.
 //
-// The headers come from Debian's libxen-dev, unpacked by the xen-oracles setup.sh under
-// $XEN_ROOT/usr/include/xen. We generate C that includes them and let gcc compute every number:
+// The headers come from Debian's libxen-dev, unpacked by scripts/xen-tools.sh (test/xen_tools.ts
+// finds them) under usr/include/xen. Without them these tests are skipped (with
+// XENSIM_REQUIRE_XEN_TOOLS=1 they fail). We generate C that includes them and let gcc compute every number:
 //
 //  * an x86_64 program, compiled and run, prints JSON with
 //      - every constant of xen.ts, read as Xen itself sees it (a translation unit with
@@ -105,17 +106,20 @@ import {
   XEN_PAGE_SIZE,
   XENVER_version,
 } from "../src/abi/xen.ts";
+import { XEN_INCLUDE, XEN_ROOT, xenNeeds } from "./xen_tools.ts";
 
 // ---------------------------------------------------------------------------------------------
 // Where the headers are
 
-const XEN_ROOT = process.env.XEN_ROOT ?? "/tmp/xen-oracles/root";
-const INCLUDE_DIR = join(XEN_ROOT, "usr", "include");
+const INCLUDE_DIR = XEN_INCLUDE;
 const HEADER_DIR = join(INCLUDE_DIR, "xen");
-const SETUP_HINT =
-  `Xen 4.17 public headers not found in ${HEADER_DIR}. Run ` +
-  `eval "$(bash /work/shared/xen-oracles/setup.sh /tmp/xen-oracles | grep ^export)" ` +
-  "(the xen-oracles setup.sh; CI runs it before the tests) or point XEN_ROOT at its root.";
+const SETUP_HINT = `Xen 4.17 public headers not found in ${HEADER_DIR}: run \`bash scripts/xen-tools.sh\` or point XEN_ROOT at an unpacked libxen-dev.`;
+/** The tests that read the headers (test/xen_tools.ts): `{ skip: skipHeaders() }` on each test or
+ * suite, then `countXenSuite()` first in the suite's body or `countXenTest()` first in the test's. */
+const HEADERS = xenNeeds("headers");
+const skipHeaders = (): string | false => HEADERS.skip();
+const countXenSuite = (): void => HEADERS.suite();
+const countXenTest = (): void => HEADERS.test();
 
 /** The guest interface version the probes are compiled for (Xen 4.17's latest). */
 const INTERFACE_VERSION = "0x00040e00";
@@ -668,7 +672,7 @@ function isNumberRecord(v: unknown): v is Record<string, number> {
 let workDir: string | undefined;
 let built: { readonly values: ReadonlyMap<string, number> } | { readonly error: Error } | undefined;
 
-/** Fails (never skips) when setup.sh has not been run. */
+/** Fails when the headers are missing (the tests that call it are skipped then, unless XENSIM_REQUIRE_XEN_TOOLS=1). */
 function requireHeaders(): void {
   if (!existsSync(join(HEADER_DIR, "xen.h"))) throw new Error(SETUP_HINT);
 }
@@ -729,7 +733,8 @@ function assertGroup(group: CheckGroup): void {
 // ---------------------------------------------------------------------------------------------
 // The tests
 
-test("Xen 4.17 public headers are installed", () => {
+test("Xen 4.17 public headers are installed", { skip: skipHeaders() }, () => {
+  countXenTest();
   assert.ok(existsSync(join(HEADER_DIR, "xen.h")), SETUP_HINT);
   for (const h of ["foreign/x86_32.h", "foreign/x86_64.h", "errno.h", "event_channel.h", "vcpu.h"]) {
     assert.ok(existsSync(join(HEADER_DIR, h)), `${h} missing from ${HEADER_DIR}. ${SETUP_HINT}`);
@@ -743,13 +748,15 @@ test("Xen 4.17 public headers are installed", () => {
 const suites = new Map<string, CheckGroup[]>();
 for (const g of GROUPS) suites.set(g.suite, [...(suites.get(g.suite) ?? []), g]);
 for (const [suite, groups] of suites) {
-  describe(suite, () => {
+  describe(suite, { skip: skipHeaders() }, () => {
+    countXenSuite();
     for (const g of groups) test(g.title, () => assertGroup(g));
   });
 }
 
 describe("derived facts", () => {
-  test("virqIsPerVcpu matches the V./G. annotations of xen.h's VIRQ list", () => {
+  test("virqIsPerVcpu matches the V./G. annotations of xen.h's VIRQ list", { skip: skipHeaders() }, () => {
+    countXenTest();
     requireHeaders();
     const text = readFileSync(join(HEADER_DIR, "xen.h"), "utf8");
     const annotated = [...text.matchAll(/^#define VIRQ_(\w+)\s+(\d+)\s*\/\*\s*([VG])\./gm)];
@@ -837,5 +844,340 @@ describe("coverage", () => {
     const covered = new Set([...FIXED_STRUCTS.map((f) => f.tsName), ...LAYOUT_TS_OTHER_EXPORTS]);
     const unchecked = Object.keys(layoutAbi).filter((name) => !covered.has(name));
     assert.deepEqual(unchecked, [], "exports of layout.ts with no header check");
+  });
+});
+
+// ---------------------------------------------------------------------------------------------
+// vcpu_guest_context in full (src/abi/vcpu_context.ts) and the toolstack's interface
+// (src/abi/domctl.ts: public/domctl.h and public/sysctl.h). Those two headers are for tools only
+// (`__XEN_TOOLS__`), so this block has its own probe, built the same two ways as the one above:
+// an x86_64 program (constants, x86_64 layouts, foreign/x86_{32,64}.h) and a `gcc -m32 -S` unit
+// (i386 layouts, and the domctl/sysctl structs again: uint64_aligned_t and 64-bit handles make
+// them the same for 32- and 64-bit toolstacks).
+
+import * as domctlAbi from "../src/abi/domctl.ts";
+import * as vcpuContextAbi from "../src/abi/vcpu_context.ts";
+
+/** [TS name, value, C expression], probed in the x86_64 tools TU. */
+type ToolsCheck = readonly [string, number, string];
+
+function toolsPrefixed(group: string, values: Readonly<Record<string, number>>, prefix: string): ToolsCheck[] {
+  return Object.entries(values).map(([k, v]) => [`${group}.${k}`, v, `${prefix}${k}`] as const);
+}
+
+/** offsetof/sizeof checks of a layout record against `cType`, with C designators where names differ. */
+function toolsStruct(
+  tsName: string,
+  ts: Readonly<Record<string, number>>,
+  cType: string,
+  members: Readonly<Record<string, string>> = {},
+): ToolsCheck[] {
+  return Object.entries(ts).map(
+    ([k, v]) => [`${tsName}.${k}`, v, k === "size" ? `sizeof(${cType})` : `offsetof(${cType}, ${members[k] ?? k})`] as const,
+  );
+}
+
+const VC = vcpuContextAbi;
+const DC = domctlAbi;
+const DOMCTL_STRUCTS: ReadonlyArray<readonly [string, Readonly<Record<string, number>>, string, Readonly<Record<string, string>>?]> = [
+  ["XEN_DOMCTL_HDR", DC.XEN_DOMCTL_HDR, "struct xen_domctl"],
+  ["XEN_SYSCTL_HDR", DC.XEN_SYSCTL_HDR, "struct xen_sysctl"],
+  [
+    "XEN_DOMCTL_CREATEDOMAIN",
+    DC.XEN_DOMCTL_CREATEDOMAIN,
+    "struct xen_domctl_createdomain",
+    { arch_emulation_flags: "arch.emulation_flags", arch_misc_flags: "arch.misc_flags" },
+  ],
+  [
+    "XEN_DOMCTL_GETDOMAININFO",
+    DC.XEN_DOMCTL_GETDOMAININFO,
+    "struct xen_domctl_getdomaininfo",
+    { arch_emulation_flags: "arch_config.emulation_flags", arch_misc_flags: "arch_config.misc_flags" },
+  ],
+  ["XEN_DOMCTL_TSC_INFO", DC.XEN_DOMCTL_TSC_INFO, "struct xen_domctl_tsc_info"],
+  ["XEN_DOMCTL_VCPUCONTEXT", DC.XEN_DOMCTL_VCPUCONTEXT, "struct xen_domctl_vcpucontext"],
+  ["XEN_DOMCTL_MAX_VCPUS", DC.XEN_DOMCTL_MAX_VCPUS, "struct xen_domctl_max_vcpus"],
+  ["XEN_DOMCTL_ADDRESS_SIZE", DC.XEN_DOMCTL_ADDRESS_SIZE, "struct xen_domctl_address_size", { address_size: "size" }],
+  ["XEN_DOMCTL_GETPAGEFRAMEINFO3", DC.XEN_DOMCTL_GETPAGEFRAMEINFO3, "struct xen_domctl_getpageframeinfo3"],
+  ["XEN_DOMCTL_SET_VIRQ_HANDLER", DC.XEN_DOMCTL_SET_VIRQ_HANDLER, "struct xen_domctl_set_virq_handler"],
+  ["XEN_SYSCTL_READCONSOLE", DC.XEN_SYSCTL_READCONSOLE, "struct xen_sysctl_readconsole"],
+  ["XEN_SYSCTL_DEBUG_KEYS", DC.XEN_SYSCTL_DEBUG_KEYS, "struct xen_sysctl_debug_keys"],
+  ["XEN_SYSCTL_GETDOMAININFOLIST", DC.XEN_SYSCTL_GETDOMAININFOLIST, "struct xen_sysctl_getdomaininfolist"],
+  ["XEN_SYSCTL_PHYSINFO", DC.XEN_SYSCTL_PHYSINFO, "struct xen_sysctl_physinfo"],
+];
+
+/** Members of the array kind: the number of entries as the headers declare them. */
+const countOf = (cType: string, member: string, elem: string) => `(sizeof(((${cType} *)0)->${member}) / sizeof(${elem}))`;
+
+const TOOLS_GROUPS: ReadonlyArray<{ title: string; unit: "x64" | "i386"; checks: ToolsCheck[] }> = [
+  {
+    title: "constants (src/abi/vcpu_context.ts): VGCF_*, VMASST_TYPE_*, FLAT_KERNEL_*, array lengths",
+    unit: "x64",
+    checks: [
+      ...toolsPrefixed("VGCF", VC.VGCF, "VGCF_"),
+      ...toolsPrefixed("VGCF", Object.fromEntries(Object.entries(VC.VGCF).filter(([k]) => k !== "in_syscall")), "VGCF_").map(
+        ([n, v, e]) => [`${n} (foreign/x86_32.h)`, v, `${e}_X86_32`] as const,
+      ),
+      ...toolsPrefixed("VGCF", Object.fromEntries(Object.entries(VC.VGCF).filter(([k]) => k !== "in_syscall")), "VGCF_").map(
+        ([n, v, e]) => [`${n} (foreign/x86_64.h)`, v, `${e}_X86_64`] as const,
+      ),
+      ["VGCF_in_kernel", VC.VGCF_in_kernel, "VGCF_in_kernel"],
+      ["VGCF_online", VC.VGCF_online, "VGCF_online"],
+      ...toolsPrefixed("VMASST_TYPE", VC.VMASST_TYPE, "VMASST_TYPE_"),
+      ["FLAT_KERNEL_64.cs", VC.FLAT_KERNEL_64.cs, "FLAT_KERNEL_CS"],
+      ["FLAT_KERNEL_64.ds", VC.FLAT_KERNEL_64.ds, "FLAT_KERNEL_DS"],
+      ["FLAT_KERNEL_64.ss", VC.FLAT_KERNEL_64.ss, "FLAT_KERNEL_SS"],
+      ["FLAT_KERNEL_64.cs (foreign)", VC.FLAT_KERNEL_64.cs, "FLAT_KERNEL_CS_X86_64"],
+      ["FLAT_KERNEL_64.ds (foreign)", VC.FLAT_KERNEL_64.ds, "FLAT_KERNEL_DS_X86_64"],
+      ["FLAT_KERNEL_64.ss (foreign)", VC.FLAT_KERNEL_64.ss, "FLAT_KERNEL_SS_X86_64"],
+      ["FLAT_KERNEL_32.cs (foreign)", VC.FLAT_KERNEL_32.cs, "FLAT_KERNEL_CS_X86_32"],
+      ["FLAT_KERNEL_32.ds (foreign)", VC.FLAT_KERNEL_32.ds, "FLAT_KERNEL_DS_X86_32"],
+      ["FLAT_KERNEL_32.ss (foreign)", VC.FLAT_KERNEL_32.ss, "FLAT_KERNEL_SS_X86_32"],
+      ["FPU_CTXT_SIZE", VC.FPU_CTXT_SIZE, "sizeof(((struct vcpu_guest_context *)0)->fpu_ctxt)"],
+      ["NR_TRAP_CTXT", VC.NR_TRAP_CTXT, countOf("struct vcpu_guest_context", "trap_ctxt", "struct trap_info")],
+      ["NR_GDT_FRAMES", VC.NR_GDT_FRAMES, countOf("struct vcpu_guest_context", "gdt_frames", "unsigned long")],
+      ["NR_CTRLREG", VC.NR_CTRLREG, countOf("struct vcpu_guest_context", "ctrlreg", "unsigned long")],
+      ["NR_DEBUGREG", VC.NR_DEBUGREG, countOf("struct vcpu_guest_context", "debugreg", "unsigned long")],
+      // xen_pfn_to_cr3 of each width, at a frame number with bits above 20 (folded on i386).
+      ["xenPfnToCr3(64, 0x123456)", Number(VC.xenPfnToCr3(64, 0x123456)), "xen_pfn_to_cr3(0x123456)"],
+      ["xenPfnToCr3(32, 0x123456)", Number(VC.xenPfnToCr3(32, 0x123456)), "xen_pfn_to_cr3_x86_32(0x123456)"],
+      ["xenCr3ToPfn(32, 0x56123)", VC.xenCr3ToPfn(32, 0x56123), "xen_cr3_to_pfn_x86_32(0x56123)"],
+    ],
+  },
+  {
+    title: "constants (src/abi/domctl.ts): XEN_DOMCTL_*, XEN_SYSCTL_*, interface versions, XEN_DOMINF_*, CDF, PFINFO, PHYSCAP",
+    unit: "x64",
+    checks: [
+      ["XEN_DOMCTL_INTERFACE_VERSION", DC.XEN_DOMCTL_INTERFACE_VERSION, "XEN_DOMCTL_INTERFACE_VERSION"],
+      ["XEN_SYSCTL_INTERFACE_VERSION", DC.XEN_SYSCTL_INTERFACE_VERSION, "XEN_SYSCTL_INTERFACE_VERSION"],
+      ["XEN_INVALID_MAX_VCPU_ID", DC.XEN_INVALID_MAX_VCPU_ID, "XEN_INVALID_MAX_VCPU_ID"],
+      ...toolsPrefixed("XEN_DOMCTL", DC.XEN_DOMCTL, "XEN_DOMCTL_"),
+      ...toolsPrefixed("XEN_SYSCTL", DC.XEN_SYSCTL, "XEN_SYSCTL_"),
+      ...toolsPrefixed("DOMINF", DC.DOMINF, "XEN_DOMINF_"),
+      ...toolsPrefixed("XEN_DOMCTL_CDF", DC.XEN_DOMCTL_CDF, "XEN_DOMCTL_CDF_"),
+      ...toolsPrefixed("PFINFO", DC.PFINFO, "XEN_DOMCTL_PFINFO_"),
+      ...toolsPrefixed("XEN_SYSCTL_PHYSCAP", DC.XEN_SYSCTL_PHYSCAP, "XEN_SYSCTL_PHYSCAP_"),
+    ],
+  },
+  {
+    title: "VCPU_GUEST_CONTEXT_X86_64, CPU_USER_REGS_X86_64, TRAP_INFO_X86_64 — xen.h (x86_64) and foreign/x86_64.h",
+    unit: "x64",
+    checks: [
+      ...toolsStruct("VCPU_GUEST_CONTEXT_X86_64", VC.VCPU_GUEST_CONTEXT_X86_64, "struct vcpu_guest_context"),
+      ...toolsStruct("VCPU_GUEST_CONTEXT_X86_64 (foreign)", VC.VCPU_GUEST_CONTEXT_X86_64, "struct vcpu_guest_context_x86_64"),
+      ...toolsStruct("CPU_USER_REGS_X86_64", VC.CPU_USER_REGS_X86_64, "struct cpu_user_regs"),
+      ...toolsStruct("CPU_USER_REGS_X86_64 (foreign)", VC.CPU_USER_REGS_X86_64, "struct cpu_user_regs_x86_64"),
+      ...toolsStruct("TRAP_INFO_X86_64", VC.TRAP_INFO_X86_64, "struct trap_info"),
+      ...toolsStruct("TRAP_INFO_X86_64 (foreign)", VC.TRAP_INFO_X86_64, "struct trap_info_x86_64"),
+    ],
+  },
+  {
+    title: "VCPU_GUEST_CONTEXT_X86_32, CPU_USER_REGS_X86_32, TRAP_INFO_X86_32 — foreign/x86_32.h",
+    unit: "x64",
+    checks: [
+      ...toolsStruct("VCPU_GUEST_CONTEXT_X86_32 (foreign)", VC.VCPU_GUEST_CONTEXT_X86_32, "struct vcpu_guest_context_x86_32"),
+      ...toolsStruct("CPU_USER_REGS_X86_32 (foreign)", VC.CPU_USER_REGS_X86_32, "struct cpu_user_regs_x86_32"),
+      ...toolsStruct("TRAP_INFO_X86_32 (foreign)", VC.TRAP_INFO_X86_32, "struct trap_info_x86_32"),
+    ],
+  },
+  {
+    title: "VCPU_GUEST_CONTEXT_X86_32, CPU_USER_REGS_X86_32, TRAP_INFO_X86_32, FLAT_KERNEL_32 — xen.h, i386 (gcc -m32)",
+    unit: "i386",
+    checks: [
+      ...toolsStruct("VCPU_GUEST_CONTEXT_X86_32", VC.VCPU_GUEST_CONTEXT_X86_32, "struct vcpu_guest_context"),
+      ...toolsStruct("CPU_USER_REGS_X86_32", VC.CPU_USER_REGS_X86_32, "struct cpu_user_regs"),
+      ...toolsStruct("TRAP_INFO_X86_32", VC.TRAP_INFO_X86_32, "struct trap_info"),
+      ["FLAT_KERNEL_32.cs", VC.FLAT_KERNEL_32.cs, "FLAT_KERNEL_CS"],
+      ["FLAT_KERNEL_32.ds", VC.FLAT_KERNEL_32.ds, "FLAT_KERNEL_DS"],
+      ["FLAT_KERNEL_32.ss", VC.FLAT_KERNEL_32.ss, "FLAT_KERNEL_SS"],
+    ],
+  },
+  {
+    title: "domctl and sysctl structs (src/abi/domctl.ts) — x86_64",
+    unit: "x64",
+    checks: DOMCTL_STRUCTS.flatMap(([n, ts, c, m]) => toolsStruct(n, ts, c, m)),
+  },
+  {
+    title: "domctl and sysctl structs (src/abi/domctl.ts) — i386 (gcc -m32): the same layout",
+    unit: "i386",
+    checks: DOMCTL_STRUCTS.flatMap(([n, ts, c, m]) => toolsStruct(n, ts, c, m)),
+  },
+];
+
+/** Exports of the two modules that are functions or types' helpers, checked by the derived tests below. */
+const VCPU_CONTEXT_OTHER_EXPORTS: readonly string[] = [
+  "emptyVcpuGuestContext",
+  "emptyCpuUserRegs",
+  "cloneVcpuGuestContext",
+  "encodeVcpuGuestContext",
+  "decodeVcpuGuestContext",
+  "vcpuGuestContextSize",
+  "vcpuGuestContextMemberRanges",
+  "gprOffset",
+  "toUlong",
+  "GPR_NAMES",
+  "GPR_NAMES_X86_32",
+  // The builder's first context, from the layouts checked above (a unit test runs it).
+  "bootVcpuContext",
+  // Not Xen header definitions: x86's rflags bits (IF is bit 9, IOPL bits 12-13) and the debug
+  // registers' reset values (architectural, as Xen's X86_DR6_DEFAULT / X86_DR7_DEFAULT).
+  "X86_EFLAGS_IF",
+  "X86_EFLAGS_IOPL",
+  "X86_DR6_DEFAULT",
+  "X86_DR7_DEFAULT",
+];
+const DOMCTL_OTHER_EXPORTS: readonly string[] = [
+  "encodeGetdomaininfo",
+  "decodeGetdomaininfo",
+  "encodeTscInfo",
+  "decodeTscInfo",
+  "dominfShutdownCode",
+];
+
+const TOOLS_PRELUDE = `#define __XEN_TOOLS__ 1
+#define __XEN_INTERFACE_VERSION__ ${INTERFACE_VERSION}
+#include <stdint.h>
+#include <stddef.h>
+#include <xen/xen.h>
+#include <xen/domctl.h>
+#include <xen/sysctl.h>
+`;
+
+let toolsDir: string | undefined;
+let toolsBuilt: { readonly values: ReadonlyMap<string, number> } | { readonly error: Error } | undefined;
+
+function buildToolsOracle(): Map<string, number> {
+  requireHeaders();
+  if (process.arch !== "x64") throw new Error(`these probes need an x86_64 host gcc, not ${process.arch}`);
+  toolsDir = mkdtempSync(join(tmpdir(), "xensim-abi-tools-"));
+  const common = ["-std=gnu11", "-O0", "-Wall", `-I${INCLUDE_DIR}`];
+  const values = new Map<string, number>();
+  const x64 = [...new Map(TOOLS_GROUPS.filter((g) => g.unit === "x64").flatMap((g) => g.checks.map((c) => [c[2], c[2]]))).keys()];
+  const lines = x64.map((expr) => `  printf("%s%s\\n", first ? "" : ",", ${cString(JSON.stringify(expr))}); first = 0; printf(":%lld\\n", (long long)(${expr}));`);
+  writeFileSync(
+    join(toolsDir, "tools.c"),
+    `${TOOLS_PRELUDE}#include <stdio.h>
+#undef xen_wc_sec_hi
+#include <xen/foreign/x86_32.h>
+#undef xen_wc_sec_hi
+#include <xen/foreign/x86_64.h>
+
+int main(void) {
+  int first = 1;
+  printf("{\\n");
+${lines.join("\n")}
+  printf("}\\n");
+  return 0;
+}
+`,
+  );
+  gcc([...common, "-o", "tools64", "tools.c"], toolsDir);
+  const parsed: unknown = JSON.parse(execFileSync(join(toolsDir, "tools64"), { encoding: "utf8" }));
+  assert.ok(isNumberRecord(parsed), "tools64 printed something other than a JSON object of numbers");
+  for (const [k, v] of Object.entries(parsed)) values.set(`x64:${k}`, v);
+
+  const i386 = [...new Set(TOOLS_GROUPS.filter((g) => g.unit === "i386").flatMap((g) => g.checks.map((c) => c[2])))];
+  writeFileSync(
+    join(toolsDir, "tools32.c"),
+    `${TOOLS_PRELUDE}\nconst int xensim_probe[] = {\n${i386.map((e) => `  (int)(${e}),`).join("\n")}\n};\n`,
+  );
+  gcc([...common, "-m32", "-ffreestanding", "-S", "-o", "tools32.s", "tools32.c"], toolsDir);
+  const data = parseProbeArray(readFileSync(join(toolsDir, "tools32.s"), "utf8"));
+  assert.equal(data.length, i386.length, "gcc -m32: probe array length differs from the number of probes");
+  for (const [i, e] of i386.entries()) values.set(`i386:${e}`, data[i]!);
+  return values;
+}
+
+function toolsOracle(): ReadonlyMap<string, number> {
+  if (toolsBuilt === undefined) {
+    try {
+      toolsBuilt = { values: buildToolsOracle() };
+    } catch (e) {
+      toolsBuilt = { error: e instanceof Error ? e : new Error(String(e)) };
+    }
+  }
+  if ("error" in toolsBuilt) throw toolsBuilt.error;
+  return toolsBuilt.values;
+}
+
+after(() => {
+  if (toolsDir !== undefined) rmSync(toolsDir, { recursive: true, force: true });
+});
+
+describe("vcpu_guest_context and domctl/sysctl (src/abi/vcpu_context.ts, src/abi/domctl.ts)", { skip: skipHeaders() }, () => {
+  countXenSuite();
+  for (const g of TOOLS_GROUPS) {
+    test(g.title, () => {
+      const values = toolsOracle();
+      const problems: string[] = [];
+      for (const [name, ts, expr] of g.checks) {
+        const header = values.get(`${g.unit}:${expr}`);
+        if (header === undefined) problems.push(`${name}: ${expr} is not defined by the headers (TS has ${ts})`);
+        else if (header !== ts) problems.push(`${name}: TS has ${ts}, headers say ${header} (${expr})`);
+      }
+      assert.deepEqual(problems, [], `${g.title}:\n  ${problems.join("\n  ")}`);
+    });
+  }
+});
+
+describe("derived facts and coverage (src/abi/vcpu_context.ts, src/abi/domctl.ts)", () => {
+  test("every member of LAYOUT_X86_*.vcpu_guest_context is where the full layout has it", () => {
+    for (const [l, full, regs] of [
+      [LAYOUT_X86_64, VC.VCPU_GUEST_CONTEXT_X86_64, { ip: VC.CPU_USER_REGS_X86_64.rip, sp: VC.CPU_USER_REGS_X86_64.rsp }],
+      [LAYOUT_X86_32, VC.VCPU_GUEST_CONTEXT_X86_32, { ip: VC.CPU_USER_REGS_X86_32.eip, sp: VC.CPU_USER_REGS_X86_32.esp }],
+    ] as const) {
+      const fullRec: Readonly<Record<string, number>> = full;
+      for (const [k, v] of Object.entries(l.vcpu_guest_context)) {
+        if (k === "user_regs_ip") assert.equal(v, full.user_regs + regs.ip);
+        else if (k === "user_regs_sp") assert.equal(v, full.user_regs + regs.sp);
+        else assert.equal(v, fullRec[k], `${l.width}-bit ${k}`);
+      }
+      assert.equal(VC.vcpuGuestContextSize(l.width), full.size);
+    }
+  });
+
+  test("getdomaininfo and tsc_info encode where the layouts say, and decode back", () => {
+    const info: domctlAbi.XenDomctlGetdomaininfo = {
+      domain: 0x7fef,
+      flags: DC.DOMINF.paused | DC.DOMINF.shutdown | (3 << DC.DOMINF.shutdownshift),
+      totPages: 2 ** 40 + 5,
+      maxPages: 0x10000,
+      outstandingPages: 1,
+      shrPages: 2,
+      pagedPages: 3,
+      sharedInfoFrame: 0xabcdef,
+      cpuTime: 2 ** 52 + 1,
+      nrOnlineVcpus: 4,
+      maxVcpuId: 3,
+      ssidref: 7,
+      handle: Uint8Array.from({ length: 16 }, (_, i) => i + 1),
+      cpupool: 9,
+      gpaddrBits: 40,
+      emulationFlags: 0x5,
+      miscFlags: 0x1,
+    };
+    const bytes = DC.encodeGetdomaininfo(info);
+    const G = DC.XEN_DOMCTL_GETDOMAININFO;
+    assert.equal(bytes.length, G.size);
+    const dv = new DataView(bytes.buffer);
+    assert.equal(dv.getUint16(G.domain, true), 0x7fef);
+    assert.equal(dv.getUint32(G.tot_pages + 4, true), 2 ** 8);
+    assert.equal(bytes[G.handle], 1);
+    assert.equal(bytes[G.gpaddr_bits], 40);
+    assert.equal(dv.getUint32(G.arch_emulation_flags, true), 5);
+    assert.deepEqual(DC.decodeGetdomaininfo(bytes), info);
+    assert.equal(DC.dominfShutdownCode(info.flags), 3);
+    assert.throws(() => DC.encodeGetdomaininfo({ ...info, cpuTime: 2 ** 53 }), RangeError);
+    const tsc = { mode: 2, gtscKhz: 3_000_000, incarnation: 7, elapsedNsec: 2 ** 45 + 3 };
+    const t = DC.encodeTscInfo(tsc);
+    assert.equal(new DataView(t.buffer).getUint32(DC.XEN_DOMCTL_TSC_INFO.elapsed_nsec + 4, true), 2 ** 13);
+    assert.deepEqual(DC.decodeTscInfo(t), tsc);
+  });
+
+  test("every runtime export of src/abi/vcpu_context.ts and src/abi/domctl.ts is checked", () => {
+    const all = TOOLS_GROUPS.flatMap((g) => g.checks.map((c) => c[0].split(/[.( ]/)[0]!));
+    const covered = new Set([...all, ...VCPU_CONTEXT_OTHER_EXPORTS, ...DOMCTL_OTHER_EXPORTS]);
+    const unchecked = [...Object.keys(vcpuContextAbi), ...Object.keys(domctlAbi)].filter((name) => !covered.has(name));
+    assert.deepEqual(unchecked, [], "exports with no header check");
   });
 });

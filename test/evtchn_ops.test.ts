@@ -921,7 +921,10 @@ for (const width of [64, 32] as const) {
       const cr3 = width === 64 ? root * 4096 : ((root << 12) | (root >>> 20)) >>> 0;
       if (width === 64) g.b.v0.write64(ctx + C.ctrlreg + 24, cr3);
       else g.b.v0.write32(ctx + C.ctrlreg + 12, cr3);
-      assert.equal(g.vcpuOp(VCPUOP.initialise, 2, ctx), 0);
+      // An x86_64 context not in kernel mode needs a user base pointer (ctrlreg[1]): -EINVAL.
+      assert.equal(g.vcpuOp(VCPUOP.initialise, 2, ctx), width === 64 ? -E.EINVAL : 0);
+      g.b.v0.write32(ctx + C.flags, 1 << 2); // VGCF_in_kernel
+      assert.equal(g.vcpuOp(VCPUOP.initialise, 2, ctx), width === 64 ? 0 : -E.EEXIST);
       assert.equal(v2.guestTable, root);
       assert.equal(g.vcpuOp(VCPUOP.initialise, 2, ctx), -E.EEXIST);
       assert.equal(g.vcpuOp(VCPUOP.initialise, 0, ctx), -E.EEXIST);

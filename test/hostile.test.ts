@@ -27,7 +27,8 @@ import { XenLinux } from "../src/guest/kernel.ts";
 import type { Domain } from "../src/hypervisor/domain.ts";
 import { Hypervisor } from "../src/hypervisor/hypervisor.ts";
 import { auditEvtchn } from "../src/harness/audit.ts";
-import { buildDomain, setCmdline } from "../src/toolstack/libxc/builder.ts";
+import { DOMID_XEN, openPrivcmd } from "../src/hypervisor/domctl.ts";
+import { type BuiltDomain, buildDomain, setCmdline } from "../src/toolstack/libxc/builder.ts";
 import { Rng } from "../src/util/rng.ts";
 import { bareDomain, installPagetables, newHypervisor } from "./harness.ts";
 
@@ -571,7 +572,7 @@ class HostileImage implements GuestImage {
 interface Victim {
   d: Domain;
   k: XenLinux;
-  startInfoPfn: number;
+  built: BuiltDomain;
 }
 
 function pingPongOf(k: XenLinux): EvtchnPingPong {
@@ -582,20 +583,21 @@ function pingPongOf(k: XenLinux): EvtchnPingPong {
 
 function runHostile(seed: number, opts: { width: GuestWidth; hostileWidth: GuestWidth; abi: "fifo" | "2l"; pcpus: number }) {
   const hv = new Hypervisor({ nrFrames: 16384, firstDomid: 1, sched: { nrPcpus: opts.pcpus, seed } });
+  const xc = openPrivcmd(hv, DOMID_XEN);
   const kernels = new Map<number, XenLinux>();
   const victims: Victim[] = [];
   for (const name of ["ping", "pong"]) {
     const k = new XenLinux(opts.width, workloadsFromCmdline);
-    const b = buildDomain(hv, { name, memoryMiB: 16, vcpus: 1, width: opts.width, maxEventChannels: 1023, cmdline: "", privileged: false }, k);
-    kernels.set(b.domain.domid, k);
-    victims.push({ d: b.domain, k, startInfoPfn: b.startInfoPfn });
+    const b = buildDomain(xc, { name, memoryMiB: 16, vcpus: 1, width: opts.width, maxEventChannels: 1023, cmdline: "", privileged: false }, k);
+    kernels.set(b.domid, k);
+    victims.push({ d: hv.domainById(b.domid)!, k, built: b });
   }
   const [ping, pong] = victims as [Victim, Victim];
-  const port = hv.allocUnboundFor(ping.d, pong.d.domid);
+  const port = xc.evtchn_alloc_unbound(ping.d.domid, pong.d.domid);
   assert.ok(port > 0);
   const fifo = `xen.fifo_events=${opts.abi === "fifo" ? 1 : 0}`;
-  setCmdline(hv, ping.d, ping.startInfoPfn, `${fifo} evtchn_listen=${port}`);
-  setCmdline(hv, pong.d, pong.startInfoPfn, `${fifo} evtchn_connect=${ping.d.domid}:${port}`);
+  setCmdline(xc, ping.built, `${fifo} evtchn_listen=${port}`);
+  setCmdline(xc, pong.built, `${fifo} evtchn_connect=${ping.d.domid}:${port}`);
   hv.unpauseDomain(ping.d);
   hv.unpauseDomain(pong.d);
 

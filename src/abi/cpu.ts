@@ -49,10 +49,25 @@ export class PageFault {
  * (the entry point, a registered callback, a vCPU's initial rip) and lets the vCPU run on.
  */
 export interface GuestImage {
-  /** Entry point of vCPU 0, called with the start_info virtual address (rsi on x86_64). */
+  /** Entry point of vCPU 0, called with the start_info virtual address (rsi on x86_64, esi on i386). */
   readonly entry: number;
+  /**
+   * The image's symbol table: its entry points by name (startup_xen, xen_hypervisor_callback...).
+   * Guest code is TypeScript, so a vCPU context's rip and callbacks hold these symbolic
+   * addresses; they are fixed by the image, so a context saved on one host means the same on
+   * another that runs the same image. Images without named entry points may leave it out.
+   */
+  readonly symbols?: Readonly<Record<string, number>>;
   /** Transfers control to `address` on `cpu` (an entry point or a callback). */
   enter(address: number, cpu: GuestCpu, arg: number): void;
   /** Lets `cpu` run on from where it last stopped (one scheduling quantum of work). */
   resume(cpu: GuestCpu): void;
+}
+
+/** The name of the entry point at `address` in `image`'s symbol table, if it has one there. */
+export function symbolAt(image: GuestImage, address: number): string | undefined {
+  const syms = image.symbols;
+  if (!syms) return undefined;
+  for (const name in syms) if (syms[name] === address) return name;
+  return undefined;
 }

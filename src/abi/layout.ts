@@ -3,6 +3,8 @@
 // 4-byte alignment for 64-bit members (which is why some i386 structs are shorter).
 // Checked against Xen's headers (and foreign/x86_32.h) by test/abi-headers.test.ts.
 
+import { CPU_USER_REGS_X86_32, CPU_USER_REGS_X86_64, VCPU_GUEST_CONTEXT_X86_32, VCPU_GUEST_CONTEXT_X86_64 } from "./vcpu_context.ts";
+
 export type GuestWidth = 32 | 64;
 
 export interface Layout {
@@ -62,16 +64,26 @@ export interface Layout {
   readonly sched_poll: { readonly size: number; readonly ports: 0; readonly nr_ports: number; readonly timeout: number };
   readonly vcpu_set_singleshot_timer: { readonly size: number; readonly timeout_abs_ns: 0; readonly flags: 8 };
   readonly vcpu_runstate_info: { readonly size: number; readonly state: 0; readonly state_entry_time: number; readonly time: number };
+  /** The members both widths have (every member of both: src/abi/vcpu_context.ts). */
   readonly vcpu_guest_context: {
     readonly size: number;
+    readonly fpu_ctxt: 0;
     readonly flags: 512;
     readonly user_regs: number;
     readonly user_regs_ip: number;
     readonly user_regs_sp: number;
+    readonly trap_ctxt: number;
+    readonly ldt_base: number;
+    readonly ldt_ents: number;
+    readonly gdt_frames: number;
+    readonly gdt_ents: number;
+    readonly kernel_ss: number;
     readonly kernel_sp: number;
     readonly ctrlreg: number;
+    readonly debugreg: number;
     readonly event_callback_eip: number;
     readonly failsafe_callback_eip: number;
+    readonly vm_assist: number;
   };
   /** Where Linux puts its kernel direct map (PAGE_OFFSET), as a signed canonical address. */
   readonly PAGE_OFFSET: number;
@@ -170,16 +182,11 @@ export const LAYOUT_X86_64: Layout = {
   vcpu_set_singleshot_timer: { size: 16, timeout_abs_ns: 0, flags: 8 },
   vcpu_runstate_info: { size: 48, state: 0, state_entry_time: 8, time: 16 },
   vcpu_guest_context: {
-    size: 5168,
-    flags: 512,
-    user_regs: 520,
-    user_regs_ip: 520 + 128,
-    user_regs_sp: 520 + 152,
-    kernel_sp: 4976,
-    ctrlreg: 4984,
-    event_callback_eip: 5112,
-    failsafe_callback_eip: 5120,
+    ...VCPU_GUEST_CONTEXT_X86_64,
+    user_regs_ip: VCPU_GUEST_CONTEXT_X86_64.user_regs + CPU_USER_REGS_X86_64.rip,
+    user_regs_sp: VCPU_GUEST_CONTEXT_X86_64.user_regs + CPU_USER_REGS_X86_64.rsp,
   },
+
   PAGE_OFFSET: -0x778000000000, // 0xffff888000000000 sign-extended
   nrEvtchn2L: 4096,
 };
@@ -226,16 +233,11 @@ export const LAYOUT_X86_32: Layout = {
   vcpu_set_singleshot_timer: { size: 12, timeout_abs_ns: 0, flags: 8 },
   vcpu_runstate_info: { size: 44, state: 0, state_entry_time: 4, time: 12 },
   vcpu_guest_context: {
-    size: 2800,
-    flags: 512,
-    user_regs: 516,
-    user_regs_ip: 516 + 32,
-    user_regs_sp: 516 + 44,
-    kernel_sp: 2712,
-    ctrlreg: 2716,
-    event_callback_eip: 2784,
-    failsafe_callback_eip: 2792,
+    ...VCPU_GUEST_CONTEXT_X86_32,
+    user_regs_ip: VCPU_GUEST_CONTEXT_X86_32.user_regs + CPU_USER_REGS_X86_32.eip,
+    user_regs_sp: VCPU_GUEST_CONTEXT_X86_32.user_regs + CPU_USER_REGS_X86_32.esp,
   },
+
   PAGE_OFFSET: 0xc0000000,
   nrEvtchn2L: 1024,
 };

@@ -52,6 +52,8 @@ export const XEN_ERRNO = {
   EDOM: 33,
   ERANGE: 34,
   ENOSYS: 38,
+  ENODATA: 61,
+  ETIME: 62,
   ERESTART: 85,
   EOPNOTSUPP: 95,
 } as const;

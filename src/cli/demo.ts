@@ -4,7 +4,8 @@ import { readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { dumpEvtchn } from "../harness/dump.ts";
 import { parseGuestConfig } from "../toolstack/libxl/guest_cfg.ts";
-import { DEFAULT_HOST, Host } from "../toolstack/libxl/host.ts";
+import { bootHost } from "../harness/machine.ts";
+import { DEFAULT_HOST } from "../toolstack/libxl/host.ts";
 import { allDomainInfo } from "../toolstack/xl/host_info.ts";
 import { formatList } from "../toolstack/xl/xl_format.ts";
 import { describeRun, parseScenario, runScenario } from "../harness/scenario.ts";
@@ -51,7 +52,7 @@ const MS = 1_000_000;
 /** Part two: a host with dom0's xenstored, a guest from examples/guest.cfg, and a poweroff request. */
 function demoHost(): boolean {
   console.log("\n--- A host: dom0 runs xenstored and xenconsoled; xl creates a guest and powers it off ---\n");
-  const host = new Host({ ...DEFAULT_HOST, pcpus: 2, machineMiB: 512 });
+  const { host } = bootHost({ ...DEFAULT_HOST, pcpus: 2, machineMiB: 512 });
   host.boot();
   const cfgPath = fileURLToPath(new URL("../../examples/guest.cfg", import.meta.url));
   const hd = host.create(parseGuestConfig(readFileSync(cfgPath, "utf8"), "examples/guest.cfg"));
@@ -72,7 +73,7 @@ function demoHost(): boolean {
   for (const l of hd.console.text.split("\n").slice(0, 2)) console.log(`  ${l}`);
   console.log(`\n$ xenstore-write ${dom}/control/shutdown poweroff`);
   host.xs.write(`${dom}/control/shutdown`, "poweroff");
-  const gone = until(500, () => !host.hv.domains.has(hd.domid));
+  const gone = until(500, () => host.tryInfo(hd.domid) === undefined);
   for (const l of hd.kernel.log.slice(-1)) console.log(`  guest: ${l}`);
   for (const l of host.log.filter((x) => x.includes(`Domain ${hd.domid}`) || x.includes("Action for"))) console.log(`  xl: ${l}`);
   console.log("$ xl list");

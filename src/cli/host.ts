@@ -6,6 +6,7 @@ import { existsSync, mkdirSync, openSync, readFileSync } from "node:fs";
 import { connect } from "node:net";
 import { join, resolve } from "node:path";
 import type { Command } from "commander";
+import { bootMachine } from "../harness/machine.ts";
 import { DEFAULT_HOST } from "../toolstack/libxl/host.ts";
 import { HOST_FILES, serveHost } from "../toolstack/xl/host_server.ts";
 import { formatDmesg, formatInfo, formatList, formatUptime, formatVcpuList, type XlDomainInfo, type XlHostInfo } from "../toolstack/xl/xl_format.ts";
@@ -102,6 +103,7 @@ export function registerHost(program: Command): void {
         dir,
         speed,
         params: { ...DEFAULT_HOST, pcpus, machineMiB, seed },
+        boot: bootMachine({ ...DEFAULT_HOST, pcpus, machineMiB, seed }),
         log: (line) => console.log(`xensim: ${line}`),
       });
       console.log(`xensim: host up in ${dir}: ${pcpus} pCPUs, ${machineMiB} MiB, speed ${speed}x (pid ${process.pid})`);

@@ -1,5 +1,5 @@
 // The PV MMU auditor: recomputes every frame's general and type reference counts from first
-// principles (allocation, pins, base pointers, and the entries of every validated table) and
+// principles (allocation, pins, base pointers, foreign mappings, and the entries of every validated table) and
 // compares them with Xen's; checks that no frame with a pagetable type is mapped writable or
 // sits writable in a TLB, that the guest's p2m and Xen's M2P agree, and that the guest's
 // PG_pinned bookkeeping matches what Xen has pinned.
@@ -8,7 +8,10 @@ import { _PAGE_PRESENT, _PAGE_RW, pteMfn } from "../abi/x86.ts";
 import type { Hypervisor } from "../hypervisor/hypervisor.ts";
 import { PGT, PGT_TYPE_MASK } from "../hypervisor/page_info.ts";
 import type { XenLinux } from "../guest/kernel.ts";
-import { readGuestP2m } from "../toolstack/libxc/builder.ts";
+import { layoutFor } from "../abi/layout.ts";
+import { XEN_PAGE_SIZE } from "../abi/xen.ts";
+import type { Domain } from "../hypervisor/domain.ts";
+import { MFN_LIST_PFN } from "../toolstack/libxc/builder.ts";
 
 export function auditMm(hv: Hypervisor, kernels: ReadonlyMap<number, XenLinux>): string[] {
   const out: string[] = [];
@@ -34,6 +37,18 @@ export function auditMm(hv: Hypervisor, kernels: ReadonlyMap<number, XenLinux>):
         count[base]!++;
         typeCount[base]!++;
       }
+      // The GDT's frames: a seg_desc type reference each (pv_set_gdt).
+      for (let i = 0; i < Math.ceil(v.gdtEnts / 512); i++) {
+        count[v.gdtFrames[i]!]!++;
+        typeCount[v.gdtFrames[i]!]!++;
+      }
+    }
+  }
+  // privcmd mappings the toolstack holds: a reference each, and a writable type when writable.
+  for (const m of hv.foreignMappings) {
+    for (const mfn of m.mfns) {
+      count[mfn]!++;
+      if (m.writable) typeCount[mfn]!++;
     }
   }
   for (let mfn = 0; mfn < n; mfn++) {
@@ -119,5 +134,18 @@ function auditGuest(hv: Hypervisor, domid: number, k: XenLinux): string[] {
     if (hv.mm.pages.pinned(mfn) && !guestRoots.has(mfn)) out.push(`d${domid}: Xen has pfn ${pfn} pinned, the guest has no pinned mm with it as a root`);
   }
   for (const mfn of guestRoots) if (!hv.mm.pages.pinned(mfn)) out.push(`d${domid}: the guest counts mfn ${mfn} as a pinned root, Xen does not`);
+  return out;
+}
+
+/** The guest's own p2m: the mfn_list pages the builder placed after start_info, as the guest keeps them. */
+export function readGuestP2m(hv: Hypervisor, d: Domain): number[] {
+  const L = layoutFor(d.width);
+  const out: number[] = [];
+  for (let pfn = 0; pfn < d.p2m.length; pfn++) {
+    const off = pfn * L.ulong;
+    const dv = hv.memory.dv(d.p2m[MFN_LIST_PFN + Math.floor(off / XEN_PAGE_SIZE)]!);
+    const at = off % XEN_PAGE_SIZE;
+    out.push(L.ulong === 8 ? dv.getUint32(at, true) + dv.getUint32(at + 4, true) * 0x100000000 : dv.getUint32(at, true));
+  }
   return out;
 }

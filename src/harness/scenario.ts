@@ -7,6 +7,7 @@ import { readFileSync } from "node:fs";
 import { basename } from "node:path";
 import type { GuestWidth } from "../abi/layout.ts";
 import type { Domain } from "../hypervisor/domain.ts";
+import { DOMID_XEN, openPrivcmd } from "../hypervisor/domctl.ts";
 import { Hypervisor } from "../hypervisor/hypervisor.ts";
 import { XenLinux } from "../guest/kernel.ts";
 import { EvtchnPingPong, FanIn, IpiPingPong, workloadsFromCmdline } from "../guest/workloads.ts";
@@ -186,14 +187,16 @@ export interface RunParams {
 export function buildMachine(sc: Scenario, seed: number, params: RunParams = {}): Machine {
   const frames = sc.domains.reduce((n, d) => n + d.spec.memoryMiB * 256 + 8, 0) + 1024;
   const hv = new Hypervisor({ nrFrames: frames, firstDomid: 1, sched: { nrPcpus: sc.pcpus, seed } });
+  // No dom0 here: the runner plays the toolstack, with Xen's own authority.
+  const xc = openPrivcmd(hv, DOMID_XEN);
   const kernels = new Map<number, XenLinux>();
   const byName = new Map<string, Domain>();
   const built = sc.domains.map((sd) => {
     const k = new XenLinux(sd.spec.width, workloadsFromCmdline);
-    const b = buildDomain(hv, sd.spec, k);
-    kernels.set(b.domain.domid, k);
-    byName.set(sd.spec.name, b.domain);
-    const cmd = [`xen.fifo_events=${sd.evtchnAbi === "fifo" ? 1 : 0}`, `xensim.seed=${(seed * 31 + b.domain.domid) >>> 0}`];
+    const b = buildDomain(xc, sd.spec, k);
+    kernels.set(b.domid, k);
+    byName.set(sd.spec.name, hv.domainById(b.domid)!);
+    const cmd = [`xen.fifo_events=${sd.evtchnAbi === "fifo" ? 1 : 0}`, `xensim.seed=${(seed * 31 + b.domid) >>> 0}`];
     if (sd.forkexec > 0 || sd.mmapstress) cmd.push(`forkexec=${sd.forkexec || sd.spec.vcpus}`);
     if (sd.mmapstress) cmd.push("mmapstress=1");
     if (sd.ipistorm) cmd.push("ipistorm=1");
@@ -209,29 +212,29 @@ export function buildMachine(sc: Scenario, seed: number, params: RunParams = {})
       const peer = built.find((x) => x.sd.spec.name === sd.pingpongWith)!;
       const first = built.indexOf(built.find((x) => x.sd === sd)!) < built.indexOf(peer);
       if (first) {
-        const port = hv.allocUnboundFor(b.domain, peer.b.domain.domid);
+        const port = xc.evtchn_alloc_unbound(b.domid, peer.b.domid);
         if (port < 0) throw new ScenarioError(`cannot allocate a port in ${sd.spec.name}: ${port}`);
         cmd.push(`evtchn_listen=${port}`);
-        peer.cmd.push(`evtchn_connect=${b.domain.domid}:${port}`);
+        peer.cmd.push(`evtchn_connect=${b.domid}:${port}`);
       }
     }
     if (sd.faninTo) {
       const peer = built.find((x) => x.sd.spec.name === sd.faninTo)!;
       const ports: number[] = [];
       for (let i = 0; i < sd.faninPorts; i++) {
-        const p = hv.allocUnboundFor(peer.b.domain, b.domain.domid);
+        const p = xc.evtchn_alloc_unbound(peer.b.domid, b.domid);
         if (p < 0) throw new ScenarioError(`cannot allocate ${sd.faninPorts} ports in ${peer.sd.spec.name}: ${p}`);
         ports.push(p);
       }
       const base = ports[0] ?? 1;
       peer.cmd.push(`fanin_listen=${base}:${ports.length}`);
       if (peer.sd.faninLateeoi) peer.cmd.push("fanin_lateeoi=1");
-      cmd.push(`fanin_connect=${peer.b.domain.domid}:${base}:${ports.length}`);
+      cmd.push(`fanin_connect=${peer.b.domid}:${base}:${ports.length}`);
       if (sd.faninFlood) cmd.push("fanin_flood=1");
     }
   }
-  for (const { b, cmd } of built) setCmdline(hv, b.domain, b.startInfoPfn, cmd.join(" "));
-  for (const { b } of built) hv.unpauseDomain(b.domain);
+  for (const { b, cmd } of built) setCmdline(xc, b, cmd.join(" "));
+  for (const { b } of built) xc.unpausedomain(b.domid);
   return { hv, kernels, domains: byName };
 }
 

@@ -2,7 +2,7 @@
 
 import type { GuestImage } from "../abi/cpu.ts";
 import { type GuestWidth, type Layout, layoutFor } from "../abi/layout.ts";
-import { Evtchn2L } from "./evtchn_2l.ts";
+import { evtchn2lInit } from "./evtchn_2l.ts";
 import { EvtchnTable } from "./evtchn.ts";
 import { EvtchnFifo } from "./evtchn_fifo.ts";
 import type { EvtchnPortOps } from "./evtchn_ops.ts";
@@ -21,11 +21,25 @@ export interface DomainConfig {
 }
 
 export class Domain {
-  readonly layout: Layout;
+  /** The guest's ABI: 64-bit, or 32-bit PAE after XEN_DOMCTL_set_address_size (switch_compat). */
+  layout: Layout;
   readonly vcpus: Vcpu[] = [];
+  /** XEN_DOMCTL_max_mem's limit, in pages; populate_physmap fails beyond it. */
+  maxPages = 0;
+  /** xen_domain_handle_t: the 16-byte UUID the toolstack created the domain with. */
+  readonly handle = new Uint8Array(16);
+  /** XEN_DOMCTL_settscinfo: mode, guest TSC kHz, incarnation, and the ns offset of elapsed time. */
+  tscMode = 0;
+  tscKhz = 1_000_000;
+  tscIncarnation = 0;
+  tscOffsetNs = 0;
+  /** d->vm_assist: the VMASST_TYPE_* bits vCPU 0's first context set. */
+  vmAssist = 0;
+  /** The vCPU count fixed at createdomain (d->max_vcpus); max_vcpus creates them. */
+  maxVcpus: number;
   readonly evtchn: EvtchnTable;
-  portOps: EvtchnPortOps;
-  fifo: EvtchnFifo | undefined;
+  /** The ABI in use (d->evtchn_port_ops), installed by evtchn2lInit or evtchnFifoInitControl. */
+  portOps!: EvtchnPortOps;
   private _state: DomainState = "running";
   private _pauseCount = 0;
   /** Running and unpaused: kept as one flag because the scheduler asks on every step. */
@@ -37,7 +51,8 @@ export class Domain {
   constructor(
     readonly domid: number,
     readonly config: DomainConfig,
-    readonly p2m: Uint32Array,
+    /** pfn -> mfn of the frames populate_physmap gave the domain (Xen's record, for its audits). */
+    public p2m: Uint32Array,
     readonly sharedInfoMfn: number,
     readonly sharedInfoWords: Uint32Array,
     readonly sharedInfoBytes: Uint8Array,
@@ -45,8 +60,9 @@ export class Domain {
     private readonly globalVirqOwner: (virq: number) => number,
   ) {
     this.layout = layoutFor(config.width);
+    this.maxVcpus = config.maxVcpus;
     this.evtchn = new EvtchnTable(config.maxEvtchnPort);
-    this.portOps = new Evtchn2L(this);
+    evtchn2lInit(this);
   }
 
   get state(): DomainState {
@@ -73,7 +89,7 @@ export class Domain {
   }
 
   get width(): GuestWidth {
-    return this.config.width;
+    return this.layout.width;
   }
 
   get privileged(): boolean {
@@ -92,20 +108,8 @@ export class Domain {
     }
   }
 
-  switchToFifo(): EvtchnFifo {
-    const fifo = new EvtchnFifo(this);
-    // setup_ports: ports pending under 2-level stay pending under FIFO.
-    const old = this.portOps;
-    for (let port = 1; port < this.evtchn.validPorts; port++) {
-      if (old.isPending(port)) fifo.pendingNoWord[port] = 1;
-    }
-    this.fifo = fifo;
-    this.portOps = fifo;
-    return fifo;
-  }
-
-  useTwoLevel(): void {
-    this.fifo = undefined;
-    this.portOps = new Evtchn2L(this);
+  /** The FIFO ABI's state while the domain uses it (d->evtchn_fifo). */
+  get fifo(): EvtchnFifo | undefined {
+    return this.portOps instanceof EvtchnFifo ? this.portOps : undefined;
   }
 }

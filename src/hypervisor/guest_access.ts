@@ -43,6 +43,19 @@ export class GuestAccess {
     return (this.u16(v, va) | (this.u16(v, va + 2) << 16)) >>> 0;
   }
 
+  /** copy_from_guest of `len` bytes at `va`, page by page (a fault anywhere throws FaultError). */
+  copyFrom(v: Vcpu, va: number, len: number): Uint8Array {
+    const out = new Uint8Array(len);
+    for (let done = 0; done < len; ) {
+      const ma = this.ma(v, va + done, false);
+      const off = ma % XEN_PAGE_SIZE;
+      const n = Math.min(len - done, XEN_PAGE_SIZE - off);
+      out.set(this.memory.u8(Math.floor(ma / XEN_PAGE_SIZE)).subarray(off, off + n), done);
+      done += n;
+    }
+    return out;
+  }
+
   /** A u64 as a number: exact below 2^53, which every value Xen reads from guests here fits. */
   u64(v: Vcpu, va: number): number {
     return this.u32(v, va) + this.u32(v, va + 4) * 0x100000000;

@@ -2,13 +2,13 @@
 // bringing vCPUs up and down.
 
 import { SCHED_SHUTDOWN, VCPU_SET_PERIODIC_TIMER } from "../abi/layout.ts";
-import { XEN_ERRNO as E, SCHEDOP, VCPU_SSHOTTMR_future, VCPUOP, VGCF_online } from "../abi/xen.ts";
+import { vcpuGuestContextSize } from "../abi/vcpu_context.ts";
+import { XEN_ERRNO as E, MAX_VIRT_CPUS, SCHEDOP, VCPU_SSHOTTMR_future, VCPUOP } from "../abi/xen.ts";
 import { ECS } from "./evtchn.ts";
-import { PGT } from "./page_info.ts";
 import type { Hypervisor } from "./hypervisor.ts";
 import { NO_DEADLINE, type Vcpu } from "./vcpu.ts";
+import { archSetInfoGuest } from "./vcpu_context.ts";
 
-const ETIME = 62;
 /** Xen refuses periodic timers faster than 1 ms or slower than STIME_DELTA_MAX. */
 const MIN_PERIOD_NS = 1_000_000;
 const STIME_DELTA_MAX = 0x7fffffffffff;
@@ -116,25 +116,12 @@ export function doVcpuOp(hv: Hypervisor, v: Vcpu, cmd: number, vcpuId: number, a
   if (!target) return -E.ENOENT;
   switch (cmd) {
     case VCPUOP.initialise: {
+      // Without VCPUOP_register_vcpu_info (not modelled), a vCPU past shared_info's 32 has no vcpu_info.
+      if (target.id >= MAX_VIRT_CPUS) return -E.EINVAL;
+      // default_initialise_vcpu: the struct is copied in first (-EFAULT), then -EEXIST.
+      const ctxt = g.copyFrom(v, arg, vcpuGuestContextSize(v.width));
       if (target.initialised) return -E.EEXIST;
-      const C = d.layout.vcpu_guest_context;
-      g.check(v, arg, C.size, false);
-      const flags = g.ulong(v, arg + C.flags);
-      // ctrlreg[3] is the base pointer, encoded as xen_pfn_to_cr3 does for the guest's width.
-      const cr3 = g.ulong(v, arg + C.ctrlreg + 3 * (v.width / 8));
-      const baseMfn = v.width === 64 ? Math.floor(cr3 / 4096) : ((cr3 >>> 12) | (cr3 << 20)) >>> 0;
-      const rc = hv.mm.getPageAndType(baseMfn, v.width === 64 ? PGT.l4 : PGT.l3, d);
-      if (rc < 0) return rc;
-      if (target.guestTable !== 0) hv.mm.putPageAndType(target.guestTable);
-      target.guestTable = baseMfn;
-      target.startAddress = g.pointer(v, arg + C.user_regs_ip);
-      target.startArg = g.pointer(v, arg + C.user_regs_sp);
-      target.eventCallback = g.pointer(v, arg + C.event_callback_eip);
-      target.failsafeCallback = g.pointer(v, arg + C.failsafe_callback_eip);
-      target.initialised = true;
-      target.started = false;
-      if (flags & VGCF_online) bringUp(hv, target);
-      return 0;
+      return archSetInfoGuest(hv, target, ctxt);
     }
     case VCPUOP.up:
       if (!target.initialised) return -E.EINVAL;
@@ -178,7 +165,7 @@ export function doVcpuOp(hv: Hypervisor, v: Vcpu, cmd: number, vcpuId: number, a
       const L = d.layout.vcpu_set_singleshot_timer;
       const timeout = g.u64(v, arg + L.timeout_abs_ns);
       const flags = g.u32(v, arg + L.flags);
-      if (flags & VCPU_SSHOTTMR_future && timeout < hv.now(v)) return -ETIME;
+      if (flags & VCPU_SSHOTTMR_future && timeout < hv.now(v)) return -E.ETIME;
       v.singleshotDeadline = Math.max(timeout, hv.now(v));
       hv.timersChanged();
       return 0;

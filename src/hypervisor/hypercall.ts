@@ -1,7 +1,8 @@
 // The hypercall entry: op number and register arguments in, 0 or -errno out. A bad guest
 // address anywhere inside becomes -EFAULT; anything else thrown is a hypervisor bug.
 
-import { CALLBACK_REGISTER_64, EVTCHN_OP_COMPAT } from "../abi/layout.ts";
+import { CALLBACK_REGISTER_32, CALLBACK_REGISTER_64, EVTCHN_OP_COMPAT } from "../abi/layout.ts";
+import { VGCF } from "../abi/vcpu_context.ts";
 import { CALLBACKOP, CALLBACKTYPE, XEN_ERRNO as E, EVTCHNOP, HYPERVISOR, XENVER_version } from "../abi/xen.ts";
 import { doEventChannelOp } from "./hc_evtchn.ts";
 import { doSchedOp, doSchedOpCompat, doSetTimerOp, doVcpuOp } from "./hc_sched.ts";
@@ -12,6 +13,8 @@ import type { Vcpu } from "./vcpu.ts";
 
 const XEN_VERSION = (4 << 16) | 17;
 const CONSOLEIO_write = 0;
+/** CALLBACKF_mask_events: the callback is entered with events masked. */
+const CALLBACKF_mask_events = 1;
 
 export function dispatchHypercall(
   hv: Hypervisor,
@@ -74,15 +77,30 @@ export function dispatchHypercall(
 
 function setCallbacks(v: Vcpu, a1: number, a2: number, a3: number, a4: number): number {
   // x86_64: (event, failsafe, syscall); i386: (event_cs, event_eip, failsafe_cs, failsafe_eip).
+  // Each is registered without CALLBACKF_mask_events, so neither callback disables events.
   if (v.width === 64) {
     v.eventCallback = a1;
     v.failsafeCallback = a2;
+    v.syscallCallback = a3;
   } else {
+    v.eventCallbackCs = kernelSelector32(a1);
     v.eventCallback = a2;
+    v.failsafeCallbackCs = kernelSelector32(a3);
     v.failsafeCallback = a4;
-    void a3;
   }
+  v.vgcFlags[0] = v.vgcFlags[0]! & ~(VGCF.failsafe_disables_events | VGCF.syscall_disables_events);
   return 0;
+}
+
+/** fixup_guest_code_selector for an i386 guest: an RPL of 0 becomes 1. */
+function kernelSelector32(sel: number): number {
+  const s = sel >>> 0;
+  return (s & 3) >= 1 ? s : ((s & ~3) | 1) >>> 0;
+}
+
+/** VGCF_*_disables_events follows the CALLBACKF_mask_events flag a callback is registered with. */
+function setDisablesEvents(v: Vcpu, bit: number, flags: number): void {
+  v.vgcFlags[0] = flags & CALLBACKF_mask_events ? v.vgcFlags[0]! | bit : v.vgcFlags[0]! & ~bit;
 }
 
 function callbackOp(hv: Hypervisor, v: Vcpu, cmd: number, arg: number): number {
@@ -95,16 +113,24 @@ function callbackOp(hv: Hypervisor, v: Vcpu, cmd: number, arg: number): number {
     case CALLBACKTYPE.event:
       if (cmd === CALLBACKOP.unregister) return -E.EINVAL;
       v.eventCallback = address;
+      if (v.width === 32) v.eventCallbackCs = kernelSelector32(g.u32(v, arg + CALLBACK_REGISTER_32.address));
       return 0;
     case CALLBACKTYPE.failsafe:
       if (cmd === CALLBACKOP.unregister) return -E.EINVAL;
       v.failsafeCallback = address;
+      if (v.width === 32) v.failsafeCallbackCs = kernelSelector32(g.u32(v, arg + CALLBACK_REGISTER_32.address));
+      setDisablesEvents(v, VGCF.failsafe_disables_events, g.u16(v, arg + CALLBACK_REGISTER_64.flags));
       return 0;
     case CALLBACKTYPE.nmi:
       v.nmiCallback = address;
       return 0;
     case CALLBACKTYPE.syscall:
-      return v.width === 64 ? 0 : -E.EINVAL;
+      if (v.width !== 64) return -E.EINVAL;
+      if (cmd === CALLBACKOP.register) {
+        v.syscallCallback = address;
+        setDisablesEvents(v, VGCF.syscall_disables_events, g.u16(v, arg + CALLBACK_REGISTER_64.flags));
+      }
+      return 0;
     default:
       return -E.EINVAL;
   }

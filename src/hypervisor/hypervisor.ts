@@ -3,8 +3,11 @@
 
 import type { GuestImage } from "../abi/cpu.ts";
 import { PageFault } from "../abi/cpu.ts";
-import { RUNSTATE, SHUTDOWN, VIRQ } from "../abi/xen.ts";
+import { layoutFor } from "../abi/layout.ts";
+import { DOMID_FIRST_RESERVED, RUNSTATE, SHUTDOWN, VIRQ, XEN_ERRNO as E } from "../abi/xen.ts";
 import { Domain, type DomainConfig } from "./domain.ts";
+import type { ForeignMapping } from "./domctl.ts";
+import { evtchn2lInit } from "./evtchn_2l.ts";
 import { ECS, type EvtchnHost, evtchnAllocUnbound, evtchnClose, sendGuestVirq } from "./evtchn.ts";
 import { GuestAccess } from "./guest_access.ts";
 import { dispatchHypercall } from "./hypercall.ts";
@@ -13,9 +16,16 @@ import { PvMm } from "./mm.ts";
 import { PGT } from "./page_info.ts";
 import { DEFAULT_SCHED, type SchedHost, type SchedParams, Scheduler } from "./sched.ts";
 import { NO_DEADLINE, Vcpu, type VcpuHost } from "./vcpu.ts";
+import { bootVcpuContext } from "../abi/vcpu_context.ts";
+import { archSetInfoGuest, archVcpuReset } from "./vcpu_context.ts";
 
 /** A fault in the hypervisor itself (Xen's BUG()): never caused by what a guest passes. */
 export class XenBug extends Error {}
+
+/** An unpopulated slot of a domain's p2m record. */
+export const INVALID_MFN = 0xffffffff;
+/** The highest gpfn a PV guest may populate (the model caps it to keep the record small). */
+const MAX_PV_PFN = 1 << 24;
 
 export interface HypervisorParams {
   /** Machine memory in 4 KiB frames. */
@@ -40,6 +50,8 @@ export class Hypervisor implements VcpuHost, SchedHost, EvtchnHost {
   readonly domains = new Map<number, Domain>();
   /** Xen's console ring (xl dmesg). */
   readonly console: ConsoleLine[] = [];
+  /** privcmd mappings of guest frames the toolstack holds (each takes page references). */
+  readonly foreignMappings = new Set<ForeignMapping>();
   /** Domain that owns each global VIRQ (XEN_DOMCTL_set_virq_handler); dom0 by default. */
   readonly globalVirqHandlers = new Map<number, number>();
   readonly hypercallNs: number;
@@ -69,54 +81,135 @@ export class Hypervisor implements VcpuHost, SchedHost, EvtchnHost {
 
   // ---- control calls for the toolstack (domctl) ----
 
-  /** XEN_DOMCTL_createdomain plus populate_physmap: a paused domain with its memory. */
+  /**
+   * A paused domain with its memory and vCPUs in one step (createdomain, set_address_size,
+   * max_vcpus, max_mem, populate_physmap): for the harness and tests. The toolstack takes the
+   * same steps one by one through domctl.ts.
+   */
   createDomain(config: DomainConfig, image: GuestImage): Domain {
-    const domid = this.nextDomid++;
-    const mfns = this.memory.alloc(domid, config.nrPages + 1);
-    if (!mfns) throw new Error(`out of machine memory: ${config.nrPages} pages wanted, ${this.memory.framesFree} free`);
-    for (const mfn of mfns) this.mm.allocated(mfn);
-    const sharedInfoMfn = mfns.pop()!;
-    const p2m = Uint32Array.from(mfns);
-    for (let pfn = 0; pfn < p2m.length; pfn++) this.memory.m2p[p2m[pfn]!] = pfn;
+    const d = this.domainCreate(undefined, { ...config, width: 64 }, image);
+    if (typeof d === "number") throw new Error(`createdomain failed: ${d}`);
+    if (config.width === 32) this.switchCompat(d);
+    this.vcpusCreate(d);
+    d.maxPages = config.nrPages;
+    const mfns = this.populatePhysmap(d, Array.from({ length: config.nrPages }, (_, pfn) => pfn));
+    if (typeof mfns === "number") {
+      this.destroyDomain(d);
+      throw new Error(`out of machine memory: ${config.nrPages} pages wanted, ${this.memory.framesFree} free`);
+    }
+    return d;
+  }
+
+  /**
+   * domain_create: a paused domain with its shared_info page and event channels, no memory and
+   * no vCPUs yet. `domid` undefined takes the next free one. Returns the domain or -errno.
+   */
+  domainCreate(domid: number | undefined, config: DomainConfig, image: GuestImage): Domain | number {
+    if (domid !== undefined && this.domains.has(domid)) return -E.EEXIST;
+    const id = domid ?? this.freeDomid();
+    if (id < 0) return -E.ENOMEM;
+    const mfns = this.memory.alloc(id, 1);
+    if (!mfns) return -E.ENOMEM;
+    const sharedInfoMfn = mfns[0]!;
+    this.mm.allocated(sharedInfoMfn);
     const d = new Domain(
-      domid,
+      id,
       config,
-      p2m,
+      new Uint32Array(0),
       sharedInfoMfn,
       this.memory.u32(sharedInfoMfn),
       this.memory.u8(sharedInfoMfn),
       image,
       (virq) => this.globalVirqHandlers.get(virq) ?? 0,
     );
-    for (let id = 0; id < config.maxVcpus; id++) {
+    d.pauseCount = 1;
+    this.domains.set(id, d);
+    // share_xen_page_with_guest: shared_info keeps a writable type for good, so it can never
+    // become a pagetable.
+    this.mm.getPageType(sharedInfoMfn, PGT.writable, d);
+    this.log(`Created domain ${id}: ${config.maxVcpus} vCPUs at most`);
+    return d;
+  }
+
+  /** The next unused domid after the last one handed out (createdomain's rover). */
+  private freeDomid(): number {
+    for (let n = 0; n < DOMID_FIRST_RESERVED; n++) {
+      const id = this.nextDomid;
+      this.nextDomid = this.nextDomid + 1 >= DOMID_FIRST_RESERVED ? 1 : this.nextDomid + 1;
+      if (!this.domains.has(id)) return id;
+    }
+    return -1;
+  }
+
+  /** XEN_DOMCTL_max_vcpus: creates the vCPUs createdomain allowed for. */
+  vcpusCreate(d: Domain): void {
+    for (let id = d.vcpus.length; id < d.maxVcpus; id++) {
       const v = new Vcpu(id, d, this);
       // Xen starts every PV vCPU with a 10 ms periodic timer; Linux stops it at boot.
       v.periodicPeriod = 10_000_000;
       d.vcpus.push(v);
     }
-    d.pauseCount = 1;
-    this.domains.set(domid, d);
-    // share_xen_page_with_guest: shared_info keeps a writable type for good, so it can never
-    // become a pagetable.
-    this.mm.getPageType(sharedInfoMfn, PGT.writable, d);
-    this.log(`Created domain ${domid} (${config.name}): ${config.maxVcpus} vCPUs, ${config.nrPages} pages, ${config.width}-bit`);
-    return d;
   }
 
   /**
-   * vCPU 0's initial context from the domain builder: entry point, its argument, and the
-   * base pointer, which takes a root type reference (arch_set_info_guest). Returns 0 or -errno.
+   * switch_compat: the domain becomes a 32-bit (PAE) guest. Its vCPUs, still without a context,
+   * are made again for the new layout; once one has a context the model refuses (-EINVAL).
+   */
+  switchCompat(d: Domain): number {
+    if (d.width === 32) return 0;
+    if (d.vcpus.some((v) => v.initialised)) return -E.EINVAL;
+    d.layout = layoutFor(32);
+    evtchn2lInit(d);
+    const n = d.vcpus.length;
+    d.vcpus.length = 0;
+    if (n > 0) this.vcpusCreate(d);
+    return 0;
+  }
+
+  /**
+   * XENMEM_populate_physmap for a PV domain: a fresh frame for each gpfn, recorded in the M2P.
+   * Returns the mfns (the extent list the caller gets back) or -errno, taking none on failure.
+   */
+  populatePhysmap(d: Domain, gpfns: readonly number[]): number[] | number {
+    const have = d.p2m.length;
+    let fresh = 0;
+    for (const pfn of gpfns) {
+      if (!Number.isInteger(pfn) || pfn < 0 || pfn >= MAX_PV_PFN) return -E.EINVAL;
+      if (pfn >= have || d.p2m[pfn] === INVALID_MFN) fresh++;
+    }
+    if (this.totPages(d) + fresh > d.maxPages) return -E.ENOMEM;
+    const mfns = this.memory.alloc(d.domid, gpfns.length);
+    if (!mfns) return -E.ENOMEM;
+    let top = have;
+    for (const pfn of gpfns) if (pfn >= top) top = pfn + 1;
+    if (top > have) {
+      const grown = new Uint32Array(top).fill(INVALID_MFN);
+      grown.set(d.p2m);
+      d.p2m = grown;
+    }
+    for (let i = 0; i < gpfns.length; i++) {
+      const mfn = mfns[i]!;
+      this.mm.allocated(mfn);
+      d.p2m[gpfns[i]!] = mfn;
+      this.memory.m2p[mfn] = gpfns[i]!;
+    }
+    return mfns;
+  }
+
+  /** domain_tot_pages: frames the domain has been given (shared_info is Xen's own). */
+  totPages(d: Domain): number {
+    let n = 0;
+    for (const mfn of d.p2m) if (mfn !== INVALID_MFN) n++;
+    return n;
+  }
+
+  /**
+   * vCPU 0's initial context as the domain builder gives it (xc_dom's boot context: `entry` in
+   * rip, `arg` (start_info) in rsi/esi, the base pointer in cr3, online), through
+   * arch_set_info_guest: the base pointer takes a root type reference. Returns 0 or -errno.
    */
   setBootContext(d: Domain, entry: number, arg: number, baseMfn: number): number {
-    const v = d.vcpus[0]!;
-    const rc = this.mm.getPageAndType(baseMfn, d.width === 64 ? PGT.l4 : PGT.l3, d);
-    if (rc < 0) return rc;
-    v.guestTable = baseMfn;
-    v.startAddress = entry;
-    v.startArg = arg;
-    v.initialised = true;
-    v.down = false;
-    return 0;
+    return archSetInfoGuest(this, d.vcpus[0]!, bootVcpuContext(d.width, entry, arg, 0, baseMfn));
   }
 
   /** MMUEXT_PIN_Ln_TABLE issued by the toolstack for `d` (foreigndom = d). Returns 0 or -errno. */
@@ -146,6 +239,19 @@ export class Hypervisor implements VcpuHost, SchedHost, EvtchnHost {
     this.raiseDomExc();
   }
 
+  /**
+   * domain_resume: a domain that shut down (a suspend the toolstack cancels) runs again, with
+   * its shutdown code cleared.
+   */
+  resumeDomain(d: Domain): void {
+    if (d.state === "dying") return;
+    const wasShutdown = d.state === "shutdown";
+    d.state = "running";
+    d.shutdownCode = -1;
+    if (wasShutdown && d.pauseCount === 0) for (const v of d.vcpus) if (v.runnable) this.sched.wake(v);
+    this.deadlineDirty = true;
+  }
+
   /** XEN_DOMCTL_destroydomain: closes its channels (peers go unbound) and frees its memory. */
   destroyDomain(d: Domain): void {
     d.state = "dying";
@@ -155,7 +261,7 @@ export class Hypervisor implements VcpuHost, SchedHost, EvtchnHost {
     }
     this.relinquishMemory(d);
     this.domains.delete(d.domid);
-    this.log(`Destroyed domain ${d.domid} (${d.name})`);
+    this.log(`Destroyed domain ${d.domid}`);
     this.raiseDomExc();
   }
 
@@ -168,11 +274,8 @@ export class Hypervisor implements VcpuHost, SchedHost, EvtchnHost {
     const mm = this.mm;
     this.releaseFifoPages(d);
     mm.putPageType(d.sharedInfoMfn);
-    for (const v of d.vcpus) {
-      for (const mfn of [v.guestTable, v.guestTableUser]) if (mfn !== 0) mm.putPageAndType(mfn);
-      v.guestTable = 0;
-      v.guestTableUser = 0;
-    }
+    // arch_vcpu_reset for each vCPU: GDT frames and base pointers let go.
+    for (const v of d.vcpus) archVcpuReset(this, v);
     const owned: number[] = [];
     for (let mfn = 0; mfn < this.memory.nrFrames; mfn++) if (this.memory.owner[mfn] === d.domid) owned.push(mfn);
     for (const mfn of owned) {
@@ -233,7 +336,8 @@ export class Hypervisor implements VcpuHost, SchedHost, EvtchnHost {
     try {
       if (!v.started) {
         v.started = true;
-        v.domain.image.enter(v.startAddress, v, v.startArg);
+        // The context's rip, with its argument in rsi (esi): start_info for vCPU 0.
+        v.domain.image.enter(v.rip, v, v.startArg);
       } else {
         v.deliverEvents();
         if (v.running) v.domain.image.resume(v);

@@ -3,6 +3,7 @@
 
 import { type GuestCpu, PageFault } from "../abi/cpu.ts";
 import type { GuestWidth } from "../abi/layout.ts";
+import { FPU_CTXT_SIZE, GPR_NAMES, type GprName, NR_CTRLREG, NR_DEBUGREG, NR_GDT_FRAMES, NR_TRAP_CTXT, X86_DR6_DEFAULT, X86_DR7_DEFAULT } from "../abi/vcpu_context.ts";
 import { NR_VIRQS, RUNSTATE, XEN_PAGE_SIZE } from "../abi/xen.ts";
 import type { Domain } from "./domain.ts";
 import type { MachineMemory } from "./memory.ts";
@@ -18,6 +19,19 @@ export interface VcpuHost {
 }
 
 export const NO_DEADLINE = -1;
+
+/** Index of each cpu_user_regs register in Vcpu.regs (as (lo, hi) pairs at 2 * REG[name]). */
+export const REG = Object.freeze(Object.fromEntries(GPR_NAMES.map((n, i) => [n, i])) as Record<GprName, number>);
+export const NR_REGS = GPR_NAMES.length;
+const RAX_LO = 2 * GPR_NAMES.indexOf("rax");
+/** FXSAVE offsets of FCW and MXCSR, and their reset values (vcpu_init_fpu). */
+const FXSAVE_FCW = 0;
+const FXSAVE_MXCSR = 24;
+export const FCW_DEFAULT = 0x037f;
+export const MXCSR_DEFAULT = 0x1f80;
+/** %dr6 and %dr7 after reset. */
+/** The cr4 bits a PV guest sees of the host's settings (PAE, MCE, OSFXSR, OSXMMEXCPT on the model's host). */
+export const PV_CR4_HOST_VISIBLE = 0x20 | 0x40 | 0x200 | 0x400;
 /** Upcalls delivered back to back on one return to the guest before Xen lets it run on. */
 const MAX_UPCALLS_PER_RETURN = 4;
 
@@ -35,12 +49,14 @@ export class Vcpu implements GuestCpu {
   blocked = false;
   pollPorts: number[] | null = null;
   pollDeadline = NO_DEADLINE;
-  /** Entered its start address yet. */
+  /** Entered its context's rip yet. */
   started = false;
-  startAddress = 0;
-  startArg = 0;
+  /** The callbacks (symbolic kernel addresses, sign-extended on x86_64), and their code selectors on i386. */
   eventCallback = 0;
   failsafeCallback = 0;
+  syscallCallback = 0;
+  eventCallbackCs = 0;
+  failsafeCallbackCs = 0;
   nmiCallback = 0;
   nmiPending = false;
   singleshotDeadline = NO_DEADLINE;
@@ -65,6 +81,51 @@ export class Vcpu implements GuestCpu {
   ldtBase = 0;
   ldtEnts = 0;
 
+  // ---- the rest of the vCPU's context (vcpu_guest_context; see vcpu_context.ts) ----
+  // guestTable and guestTableUser above are cr3 and x86_64's user cr3; ldtBase/ldtEnts the LDT;
+  // the callbacks above are the context's. The base pointers stay the MMU's source of truth.
+
+  /** cpu_user_regs' registers as 64-bit (lo, hi) pairs, indexed by REG; an i386 guest's are 32-bit. */
+  readonly regs = new Uint32Array(2 * NR_REGS);
+  errorCode = 0;
+  entryVector = 0;
+  savedUpcallMask = 0;
+  cs = 0;
+  ss = 0;
+  ds = 0;
+  es = 0;
+  fs = 0;
+  gs = 0;
+  /** v->arch.pv.vgc_flags: the context's flags as given, as (lo, hi). */
+  readonly vgcFlags = new Uint32Array(2);
+  /** TF_kernel_mode: running the guest kernel (only an x86_64 context can say otherwise). */
+  kernelMode = true;
+  /** The virtualised IOPL (rflags bits 12-13, kept out of the registers). */
+  iopl = 0;
+  /** The FXSAVE image, and whether the guest's FPU state is in it (VGCF_i387_valid). */
+  readonly fpuCtxt = new Uint8Array(FPU_CTXT_SIZE);
+  fpuInitialised = false;
+  /** The virtual IDT (trap_ctxt): vector, flags, code selector and address (lo, hi) of each entry. */
+  readonly trapVector = new Uint8Array(NR_TRAP_CTXT);
+  readonly trapFlags = new Uint8Array(NR_TRAP_CTXT);
+  readonly trapCs = new Uint16Array(NR_TRAP_CTXT);
+  readonly trapAddress = new Uint32Array(2 * NR_TRAP_CTXT);
+  /** The GDT's frames (each holds a seg_desc type reference) and its number of entries. */
+  readonly gdtFrames = new Float64Array(NR_GDT_FRAMES);
+  gdtEnts = 0;
+  /** The virtual TSS: kernel_ss as (lo, hi), kernel_sp. */
+  readonly kernelSs = new Uint32Array(2);
+  kernelSp = 0;
+  /** CR0-CR7 as (lo, hi) pairs; cr3 and x86_64's cr1 are read from the base pointers instead. */
+  readonly ctrlreg = new Uint32Array(2 * NR_CTRLREG);
+  /** DR0-DR7 as (lo, hi) pairs (4 and 5 unused), and the I/O breakpoint enables kept out of DR7. */
+  readonly debugreg = new Uint32Array(2 * NR_DEBUGREG);
+  dr7Emul = 0;
+  /** x86_64's segment bases. */
+  fsBase = 0;
+  gsBaseKernel = 0;
+  gsBaseUser = 0;
+
   constructor(
     readonly id: number,
     readonly domain: Domain,
@@ -73,6 +134,56 @@ export class Vcpu implements GuestCpu {
     this.width = domain.width;
     this.vcpuInfoOff = id * domain.layout.vcpu_info.size;
     this.pendingSelWord = (this.vcpuInfoOff + domain.layout.vcpu_info.evtchn_pending_sel) >> 2;
+    // vcpu_init_fpu, pv_vcpu_initialise and the debug registers' reset values.
+    this.fpuCtxt[FXSAVE_FCW] = FCW_DEFAULT & 0xff;
+    this.fpuCtxt[FXSAVE_FCW + 1] = FCW_DEFAULT >>> 8;
+    this.fpuCtxt[FXSAVE_MXCSR] = MXCSR_DEFAULT & 0xff;
+    this.fpuCtxt[FXSAVE_MXCSR + 1] = MXCSR_DEFAULT >>> 8;
+    this.ctrlreg[8] = PV_CR4_HOST_VISIBLE;
+    this.debugreg[12] = X86_DR6_DEFAULT;
+    this.debugreg[14] = X86_DR7_DEFAULT;
+  }
+
+  /**
+   * Register `r` (REG.*) as a number: sign-extended on x86_64 (exact below 2^53 in magnitude, as
+   * every address is), unsigned on i386.
+   */
+  reg(r: number): number {
+    const lo = this.regs[2 * r]!;
+    return this.width === 64 ? (this.regs[2 * r + 1]! | 0) * 0x100000000 + lo : lo;
+  }
+
+  /** Sets register `r` to `value` (a negative number is its two's complement). */
+  setReg(r: number, value: number): void {
+    this.regs[2 * r] = value >>> 0;
+    this.regs[2 * r + 1] = this.width === 64 ? Math.floor(value / 0x100000000) >>> 0 : 0;
+  }
+
+  /** rip: the symbolic kernel address the vCPU enters at when it first runs. */
+  get rip(): number {
+    return this.reg(REG.rip);
+  }
+
+  set rip(address: number) {
+    this.setReg(REG.rip, address);
+  }
+
+  /** The context's rip (the entry point). */
+  get startAddress(): number {
+    return this.rip;
+  }
+
+  set startAddress(address: number) {
+    this.rip = address;
+  }
+
+  /** The entry point's argument: rsi on x86_64, esi on i386 (where Xen's builders put start_info). */
+  get startArg(): number {
+    return this.reg(REG.rsi);
+  }
+
+  set startArg(value: number) {
+    this.setReg(REG.rsi, value);
   }
 
   get vcpuId(): number {
@@ -129,6 +240,10 @@ export class Vcpu implements GuestCpu {
   hypercall(op: number, a1 = 0, a2 = 0, a3 = 0, a4 = 0, a5 = 0): number {
     this.hypercalls++;
     const rc = this.host.hypercall(this, op, a1, a2, a3, a4, a5);
+    // The result lands in rax (eax), as Xen's hypercall return writes it.
+    const regs = this.regs;
+    regs[RAX_LO] = rc >>> 0;
+    regs[RAX_LO + 1] = Math.floor(rc / 0x100000000) >>> 0;
     this.deliverEvents();
     return rc;
   }
@@ -244,10 +359,15 @@ export class Vcpu implements GuestCpu {
       b[off + 1] = 1;
       this.inUpcall = true;
       this.upcalls++;
+      // The bounce frame keeps the interrupted rax; the callback's iret restores it.
+      const raxLo = this.regs[RAX_LO]!;
+      const raxHi = this.regs[RAX_LO + 1]!;
       try {
         this.domain.image.enter(this.eventCallback, this, 0);
       } finally {
         this.inUpcall = false;
+        this.regs[RAX_LO] = raxLo;
+        this.regs[RAX_LO + 1] = raxHi;
       }
       // The guest's iret restores the mask it had when the event arrived.
       b[off + 1] = 0;

@@ -1,7 +1,7 @@
-// The PV domain builder (libxenguest's xc_dom_* for a PV kernel): creates the domain, lays out
-// its first pages (kernel, start_info, the p2m list, xenstore and console pages) and fills
-// start_info, builds the initial pagetables and pins them, writing into guest frames through
-// foreign mappings as libxc does.
+// The PV domain builder (libxenguest's xc_dom_* for a PV kernel): creates the domain through
+// domctl, lays out its first pages (kernel, start_info, the p2m list, xenstore and console
+// pages) and fills start_info, builds the initial pagetables and pins them, writing into guest
+// frames through foreign mappings as libxc does.
 
 import type { GuestImage } from "../../abi/cpu.ts";
 import { type GuestWidth, layoutFor } from "../../abi/layout.ts";
@@ -17,8 +17,10 @@ import {
   tableIndex,
 } from "../../abi/x86.ts";
 import { SIF_INITDOMAIN, SIF_PRIVILEGED, XEN_PAGE_SIZE } from "../../abi/xen.ts";
-import type { Domain } from "../../hypervisor/domain.ts";
-import type { Hypervisor } from "../../hypervisor/hypervisor.ts";
+import { decodeGetdomaininfo, type XenDomctlGetdomaininfo } from "../../abi/domctl.ts";
+import { bootVcpuContext, encodeVcpuGuestContext } from "../../abi/vcpu_context.ts";
+import { type ForeignMapping, PROT_READ, PROT_WRITE, type Privcmd } from "../../hypervisor/domctl.ts";
+import { errnoName } from "./errno.ts";
 
 export interface DomainSpec {
   name: string;
@@ -28,86 +30,154 @@ export interface DomainSpec {
   /** xl's max_event_channels (default 1023). */
   maxEventChannels: number;
   cmdline: string;
+  /** dom0 only, built by Xen itself at boot (through a DOMID_XEN handle). */
   privileged: boolean;
   /**
    * The domain that serves xenstore and the console (dom0): the builder allocates the two unbound
    * channels for it, as libxl does; undefined leaves store_evtchn and console_evtchn at 0.
    */
   backendDomid?: number;
+  /** The UUID (the domain handle), 16 bytes. */
+  handle?: Uint8Array;
 }
 
 /** Pages the kernel image occupies from pfn 0 (its text; the model's code lives in TS). */
 export const KERNEL_IMAGE_PAGES = 16;
+/** Where the builder puts the p2m list: right after start_info (readers rely on it). */
+export const MFN_LIST_PFN = KERNEL_IMAGE_PAGES + 1;
 
 export interface BuiltDomain {
-  domain: Domain;
+  domid: number;
+  width: GuestWidth;
+  /** pfn -> mfn, as populate_physmap gave the frames (libxc's p2m for the guest). */
+  p2m: Uint32Array;
   startInfoPfn: number;
   storePfn: number;
   consolePfn: number;
+  storeMfn: number;
+  consoleMfn: number;
   storeEvtchn: number;
   consoleEvtchn: number;
 }
 
-export function buildDomain(hv: Hypervisor, spec: DomainSpec, image: GuestImage): BuiltDomain {
-  const L = layoutFor(spec.width);
-  const nrPages = Math.floor((spec.memoryMiB * 1024 * 1024) / XEN_PAGE_SIZE);
-  const d = hv.createDomain(
-    {
-      name: spec.name,
-      width: spec.width,
-      maxVcpus: spec.vcpus,
-      nrPages,
-      maxEvtchnPort: Math.min(spec.maxEventChannels, 131071),
-      privileged: spec.privileged,
-    },
+export class BuildError extends Error {}
+
+/** The vcpu_info slots shared_info holds (XEN_LEGACY_MAX_VCPUS). */
+const XEN_LEGACY_MAX_VCPUS = 32;
+
+/**
+ * libxl__domain_make and xc_dom_* for a PV kernel, through domctl and foreign mappings only:
+ * createdomain, max_vcpus, max_mem, set_address_size, populate_physmap; then the p2m list,
+ * start_info and the initial pagetables written through mappings of the guest's frames, the
+ * root pinned, and vCPU 0's context set. The domain stays paused. A failure destroys it.
+ */
+export function buildDomain(xc: Privcmd, spec: DomainSpec, image: GuestImage): BuiltDomain {
+  const domid = xc.createdomain(
+    { handle: spec.handle, maxVcpus: spec.vcpus, maxEvtchnPort: Math.min(spec.maxEventChannels, 131071), privileged: spec.privileged, label: spec.name },
     image,
   );
-  const va = (pfn: number) => L.PAGE_OFFSET + pfn * XEN_PAGE_SIZE;
+  if (domid < 0) throw new BuildError(`${spec.name}: createdomain failed (${errnoName(domid)})`);
+  try {
+    return buildInto(xc, domid, spec, image);
+  } catch (e) {
+    xc.destroydomain(domid);
+    throw e;
+  }
+}
+
+function buildInto(xc: Privcmd, domid: number, spec: DomainSpec, image: GuestImage): BuiltDomain {
+  const check = (what: string, rc: number) => {
+    if (rc < 0) throw new BuildError(`${spec.name}: ${what} failed (${errnoName(rc)})`);
+  };
+  const L = layoutFor(spec.width);
+  const nrPages = Math.floor((spec.memoryMiB * 1024 * 1024) / XEN_PAGE_SIZE);
+  check("max_vcpus", xc.max_vcpus(domid, spec.vcpus));
+  check("max_mem", xc.max_mem(domid, nrPages * 4));
+  if (spec.width === 32) check("set_address_size", xc.set_address_size(domid, 32));
   const startInfoPfn = KERNEL_IMAGE_PAGES;
-  const mfnListPfn = startInfoPfn + 1; // readGuestP2m relies on this place
   const mfnListPages = Math.ceil((nrPages * L.ulong) / XEN_PAGE_SIZE);
-  const storePfn = mfnListPfn + mfnListPages;
+  const storePfn = MFN_LIST_PFN + mfnListPages;
   const consolePfn = storePfn + 1;
   const ptBasePfn = consolePfn + 1;
   const nrPtFrames = countPagetables(spec.width, ptBasePfn, BOOTSTRAP_PAGES);
-  if (ptBasePfn + nrPtFrames + BOOTSTRAP_PAGES > nrPages) throw new Error(`${spec.name}: ${spec.memoryMiB} MiB is too small to boot`);
+  const bootstackPfn = ptBasePfn + nrPtFrames;
+  if (ptBasePfn + nrPtFrames + BOOTSTRAP_PAGES > nrPages) throw new BuildError(`${spec.name}: ${spec.memoryMiB} MiB is too small to boot`);
+  const got = xc.populate_physmap(domid, Array.from({ length: nrPages }, (_, pfn) => pfn));
+  if (typeof got === "number") throw new BuildError(`${spec.name}: populate_physmap of ${nrPages} pages failed (${errnoName(got)})`);
+  const p2m = Uint32Array.from(got);
+  const va = (pfn: number) => L.PAGE_OFFSET + pfn * XEN_PAGE_SIZE;
 
   // The p2m list the guest reads its pfn -> mfn translations from.
+  const list = mapOrThrow(xc, domid, p2m.subarray(MFN_LIST_PFN, MFN_LIST_PFN + mfnListPages), spec.name);
   for (let pfn = 0; pfn < nrPages; pfn++) {
     const off = pfn * L.ulong;
-    const dv = hv.memory.dv(d.p2m[mfnListPfn + Math.floor(off / XEN_PAGE_SIZE)]!);
-    putUlong(dv, off % XEN_PAGE_SIZE, d.p2m[pfn]!, L.ulong);
+    putUlong(list.dv(Math.floor(off / XEN_PAGE_SIZE)), off % XEN_PAGE_SIZE, p2m[pfn]!, L.ulong);
   }
+  list.unmap();
 
-  const si = hv.memory.dv(d.p2m[startInfoPfn]!);
-  const S = L.start_info;
-  const magic = spec.width === 64 ? "xen-3.0-x86_64" : "xen-3.0-x86_32p";
-  for (let i = 0; i < magic.length; i++) si.setUint8(S.magic + i, magic.charCodeAt(i));
-  putUlong(si, S.nr_pages, nrPages, L.ulong);
-  putUlong(si, S.shared_info, d.sharedInfoMfn * XEN_PAGE_SIZE, L.ulong);
-  si.setUint32(S.flags, spec.privileged ? SIF_PRIVILEGED | SIF_INITDOMAIN : 0, true);
   let storeEvtchn = 0;
   let consoleEvtchn = 0;
   if (spec.backendDomid !== undefined) {
-    storeEvtchn = hv.allocUnboundFor(d, spec.backendDomid);
-    consoleEvtchn = hv.allocUnboundFor(d, spec.backendDomid);
-    if (storeEvtchn < 0 || consoleEvtchn < 0) throw new Error(`${spec.name}: cannot allocate the store and console channels`);
+    storeEvtchn = xc.evtchn_alloc_unbound(domid, spec.backendDomid);
+    check("alloc_unbound (store)", storeEvtchn);
+    consoleEvtchn = xc.evtchn_alloc_unbound(domid, spec.backendDomid);
+    check("alloc_unbound (console)", consoleEvtchn);
   }
-  putUlong(si, S.store_mfn, d.p2m[storePfn]!, L.ulong);
-  si.setUint32(S.store_evtchn, storeEvtchn, true);
-  putUlong(si, S.console_mfn, d.p2m[consolePfn]!, L.ulong);
-  si.setUint32(S.console_evtchn, consoleEvtchn, true);
-  putUlong(si, S.pt_base, va(ptBasePfn), L.ulong);
-  putUlong(si, S.nr_pt_frames, nrPtFrames, L.ulong);
-  putUlong(si, S.mfn_list, va(mfnListPfn), L.ulong);
-  setCmdline(hv, d, startInfoPfn, spec.cmdline);
+  const info = infoOrThrow(xc, domid, spec.name);
+  const si = mapOrThrow(xc, domid, [p2m[startInfoPfn]!], spec.name);
+  const dv = si.dv(0);
+  const S = L.start_info;
+  const magic = spec.width === 64 ? "xen-3.0-x86_64" : "xen-3.0-x86_32p";
+  for (let i = 0; i < magic.length; i++) dv.setUint8(S.magic + i, magic.charCodeAt(i));
+  putUlong(dv, S.nr_pages, nrPages, L.ulong);
+  putUlong(dv, S.shared_info, info.sharedInfoFrame * XEN_PAGE_SIZE, L.ulong);
+  dv.setUint32(S.flags, spec.privileged ? SIF_PRIVILEGED | SIF_INITDOMAIN : 0, true);
+  putUlong(dv, S.store_mfn, p2m[storePfn]!, L.ulong);
+  dv.setUint32(S.store_evtchn, storeEvtchn, true);
+  putUlong(dv, S.console_mfn, p2m[consolePfn]!, L.ulong);
+  dv.setUint32(S.console_evtchn, consoleEvtchn, true);
+  putUlong(dv, S.pt_base, va(ptBasePfn), L.ulong);
+  putUlong(dv, S.nr_pt_frames, nrPtFrames, L.ulong);
+  putUlong(dv, S.mfn_list, va(MFN_LIST_PFN), L.ulong);
+  writeCmdline(si.u8(0), spec.width, spec.cmdline);
+  si.unmap();
 
-  // PV vCPUs start with event delivery masked; the kernel unmasks when it is ready.
-  for (const v of d.vcpus) v.setUpcallMask(true);
-  const rootMfn = buildPagetables(hv, d, ptBasePfn, nrPtFrames, ptBasePfn + nrPtFrames + BOOTSTRAP_PAGES);
-  const rc = hv.setBootContext(d, image.entry, va(startInfoPfn), rootMfn);
-  if (rc < 0) throw new Error(`${spec.name}: the initial base pointer was refused (${rc})`);
-  return { domain: d, startInfoPfn, storePfn, consolePfn, storeEvtchn, consoleEvtchn };
+  // xc_dom's shared_info hook: every vCPU starts with event delivery masked; the kernel
+  // unmasks when it is ready.
+  const shinfo = mapOrThrow(xc, domid, [info.sharedInfoFrame], spec.name);
+  const sbytes = shinfo.u8(0);
+  sbytes.fill(0, 0, L.shared_info.size);
+  for (let v = 0; v < XEN_LEGACY_MAX_VCPUS; v++) sbytes[v * L.vcpu_info.size + L.vcpu_info.evtchn_upcall_mask] = 1;
+  shinfo.unmap();
+
+  const rootMfn = buildPagetables(xc, domid, spec.width, p2m, ptBasePfn, nrPtFrames, bootstackPfn + BOOTSTRAP_PAGES);
+  check("pinning the initial pagetables", xc.pin_table(domid, spec.width === 64 ? 4 : 3, rootMfn));
+  const ctxt = encodeVcpuGuestContext(spec.width, bootVcpuContext(spec.width, image.entry, va(startInfoPfn), va(bootstackPfn + 1), rootMfn));
+  check("setvcpucontext of vCPU 0", xc.setvcpucontext(domid, 0, ctxt));
+  return {
+    domid,
+    width: spec.width,
+    p2m,
+    startInfoPfn,
+    storePfn,
+    consolePfn,
+    storeMfn: p2m[storePfn]!,
+    consoleMfn: p2m[consolePfn]!,
+    storeEvtchn,
+    consoleEvtchn,
+  };
+}
+
+function mapOrThrow(xc: Privcmd, domid: number, mfns: ArrayLike<number>, name: string): ForeignMapping {
+  const m = xc.map_foreign_pages(domid, PROT_READ | PROT_WRITE, mfns);
+  if (typeof m === "number") throw new BuildError(`${name}: mapping ${mfns.length} of its pages failed (${errnoName(m)})`);
+  return m;
+}
+
+function infoOrThrow(xc: Privcmd, domid: number, name: string): XenDomctlGetdomaininfo {
+  const raw = xc.getdomaininfo(domid);
+  if (typeof raw === "number") throw new BuildError(`${name}: getdomaininfo failed (${errnoName(raw)})`);
+  return decodeGetdomaininfo(raw);
 }
 
 /** The pages mapped beyond the pagetables, for the kernel's first allocations (xc_dom's 512 KiB). */
@@ -135,15 +205,14 @@ export function countPagetables(width: GuestWidth, ptBasePfn: number, extra: num
  * PAGE_OFFSET, with the pagetable frames themselves read-only. The root is pinned for the
  * guest (MMUEXT_PIN_L4_TABLE, or PIN_L3 for PAE, from the toolstack). Returns the root's mfn.
  */
-export function buildPagetables(hv: Hypervisor, d: Domain, ptBasePfn: number, nrPt: number, mappedPages: number): number {
-  const width = d.width;
+export function buildPagetables(xc: Privcmd, domid: number, width: GuestWidth, p2m: Uint32Array, ptBasePfn: number, nrPt: number, mappedPages: number): number {
   const upper = width === 64 ? 3 : 2;
-  const mapped = Math.min(d.p2m.length, mappedPages);
-  const mfn = (pfn: number) => d.p2m[pfn]!;
+  const mapped = Math.min(p2m.length, mappedPages);
+  const tables = mapOrThrow(xc, domid, p2m.subarray(ptBasePfn, ptBasePfn + nrPt), `domain ${domid}`);
   const put = (tablePfn: number, slot: number, target: number, flags: number) => {
-    const words = hv.memory.u32(mfn(tablePfn));
-    words[slot * 2] = pteLo(mfn(target), flags);
-    words[slot * 2 + 1] = pteHi(mfn(target));
+    const words = tables.u32(tablePfn - ptBasePfn);
+    words[slot * 2] = pteLo(p2m[target]!, flags);
+    words[slot * 2 + 1] = pteHi(p2m[target]!);
   };
   const base = layoutFor(width).PAGE_OFFSET;
   const rootPfn = ptBasePfn;
@@ -162,27 +231,8 @@ export function buildPagetables(hv: Hypervisor, d: Domain, ptBasePfn: number, nr
     const isPagetable = pfn >= ptBasePfn && pfn < ptBasePfn + nrPt;
     put(l1, pfn % PTES_PER_TABLE, pfn, isPagetable ? L1_PROT & ~_PAGE_RW : L1_PROT);
   }
-  const root = mfn(rootPfn);
-  const rc = hv.pinTableFor(d, root, width === 64 ? 4 : 3);
-  if (rc < 0) throw new Error(`${d.name}: pinning the initial pagetables failed (${rc})`);
-  return root;
-}
-
-/**
- * The guest's p2m as the toolstack reads it: the mfn_list pages the builder placed after
- * start_info, read through machine memory (what xc_core / save do via the frame list).
- */
-export function readGuestP2m(hv: Hypervisor, d: Domain): number[] {
-  const L = layoutFor(d.width);
-  const firstPfn = KERNEL_IMAGE_PAGES + 1;
-  const out: number[] = [];
-  for (let pfn = 0; pfn < d.p2m.length; pfn++) {
-    const off = pfn * L.ulong;
-    const dv = hv.memory.dv(d.p2m[firstPfn + Math.floor(off / XEN_PAGE_SIZE)]!);
-    const at = off % XEN_PAGE_SIZE;
-    out.push(L.ulong === 8 ? dv.getUint32(at, true) + dv.getUint32(at + 4, true) * 0x100000000 : dv.getUint32(at, true));
-  }
-  return out;
+  tables.unmap();
+  return p2m[rootPfn]!;
 }
 
 function putUlong(dv: DataView, off: number, value: number, size: 4 | 8): void {
@@ -191,11 +241,17 @@ function putUlong(dv: DataView, off: number, value: number, size: 4 | 8): void {
   if (size === 8) dv.setUint32(off + 4, Math.floor((value - lo) / 0x100000000) >>> 0, true);
 }
 
-/** Writes the kernel command line into start_info (at most 1023 bytes and a NUL). */
-export function setCmdline(hv: Hypervisor, d: Domain, startInfoPfn: number, cmdline: string): void {
-  const si = hv.memory.u8(d.p2m[startInfoPfn]!);
-  const at = layoutFor(d.width).start_info.cmd_line;
-  si.fill(0, at, at + 1024);
+/** Rewrites the kernel command line in a built, not yet started, domain's start_info. */
+export function setCmdline(xc: Privcmd, b: BuiltDomain, cmdline: string): void {
+  const si = mapOrThrow(xc, b.domid, [b.p2m[b.startInfoPfn]!], `domain ${b.domid}`);
+  writeCmdline(si.u8(0), b.width, cmdline);
+  si.unmap();
+}
+
+/** start_info's cmd_line: at most 1023 bytes and a NUL. */
+function writeCmdline(page: Uint8Array, width: GuestWidth, cmdline: string): void {
+  const at = layoutFor(width).start_info.cmd_line;
+  page.fill(0, at, at + 1024);
   const cmd = cmdline.slice(0, 1023);
-  for (let i = 0; i < cmd.length; i++) si[at + i] = cmd.charCodeAt(i) & 0xff;
+  for (let i = 0; i < cmd.length; i++) page[at + i] = cmd.charCodeAt(i) & 0xff;
 }

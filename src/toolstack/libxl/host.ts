@@ -8,19 +8,34 @@
 // per-domain monitor, the host watches @releaseDomain and applies on_poweroff / on_reboot /
 // on_crash when a domain shuts down.
 
+import type { GuestImage } from "../../abi/cpu.ts";
+import { DOMINF, decodeGetdomaininfo, type XenDomctlGetdomaininfo } from "../../abi/domctl.ts";
 import { SHUTDOWN } from "../../abi/xen.ts";
 import { XenLinux } from "../../guest/kernel.ts";
 import { workloadsFromCmdline } from "../../guest/workloads.ts";
-import type { Domain } from "../../hypervisor/domain.ts";
-import { Hypervisor } from "../../hypervisor/hypervisor.ts";
+import { type ForeignMapping, PROT_READ, PROT_WRITE, type Privcmd } from "../../hypervisor/domctl.ts";
 import { Rng } from "../../util/rng.ts";
-import { type BuiltDomain, buildDomain } from "../libxc/builder.ts";
 import { Dom0User } from "../dom0_user.ts";
-import type { GuestConfig } from "./guest_cfg.ts";
-import { LocalXs } from "../xenstore/local_xs.ts";
+import { type BuiltDomain, buildDomain, type DomainSpec } from "../libxc/builder.ts";
+import { errnoName } from "../libxc/errno.ts";
 import { ConsoleRing } from "../xenconsoled/xenconsoled.ts";
 import { Xenstored, type XsClock, type XsDomainBackend, type XsTransport } from "../xenstored/daemon.ts";
 import { XsRingTransport } from "../xenstored/xs_ring.ts";
+import { LocalXs } from "../xenstore/local_xs.ts";
+import type { GuestConfig } from "./guest_cfg.ts";
+
+/** What the toolstack has of the machine it runs on: privcmd in dom0, and the clock that drives it. */
+export interface Machine {
+  /** privcmd opened in dom0: domctl, sysctl and foreign mappings. */
+  readonly xc: Privcmd;
+  /** Runs the machine until virtual time `until` (ns); returns the steps taken. */
+  run(until: number, maxSteps?: number): number;
+  /** Virtual time, ns. */
+  now(): number;
+}
+
+/** Boots Xen with `dom0Kernel` as dom0 (Xen's own dom0 builder) and hands back the machine. */
+export type BootMachine = (dom0Kernel: GuestImage, dom0: DomainSpec) => Machine;
 
 export interface HostParams {
   pcpus: number;
@@ -42,6 +57,8 @@ export interface HostDomain {
   kernel: XenLinux;
   built: BuiltDomain;
   console: ConsoleRing;
+  /** xenconsoled's mapping of the console page. */
+  consoleMap: ForeignMapping;
 }
 
 export class HostError extends Error {}
@@ -49,7 +66,8 @@ export class HostError extends Error {}
 const NS_PER_MS = 1_000_000;
 
 export class Host {
-  readonly hv: Hypervisor;
+  readonly machine: Machine;
+  readonly xc: Privcmd;
   readonly xenstored: Xenstored;
   /** The toolstack's own xenstore connection. */
   readonly xs: LocalXs;
@@ -63,34 +81,28 @@ export class Host {
   private readonly timers: { at: number; fn: () => void; id: number }[] = [];
   private nextTimerId = 1;
 
-  constructor(readonly params: HostParams = DEFAULT_HOST) {
+  constructor(
+    readonly params: HostParams,
+    boot: BootMachine,
+  ) {
     this.rng = new Rng(params.seed ^ 0x5eed);
-    this.hv = new Hypervisor({
-      nrFrames: (params.machineMiB * 1024 * 1024) / 4096,
-      firstDomid: 0,
-      sched: { nrPcpus: params.pcpus, seed: params.seed },
-    });
     this.dom0User = new Dom0User(
       () => this.xenstored.domainsChanged(),
       () => this.afterDom0Events(),
     );
+    this.dom0Kernel = new XenLinux(64, () => [this.dom0User]);
+    this.machine = boot(this.dom0Kernel, {
+      name: "Domain-0",
+      memoryMiB: params.dom0MemoryMiB,
+      vcpus: params.dom0Vcpus,
+      width: 64,
+      maxEventChannels: 4095,
+      cmdline: `xensim.seed=${params.seed >>> 0}`,
+      privileged: true,
+    });
+    this.xc = this.machine.xc;
     this.xenstored = new Xenstored({ backend: this.backend(), clock: this.clock(), log: (line) => this.note(`xenstored: ${line}`) });
     this.xs = new LocalXs(this.xenstored);
-    this.dom0Kernel = new XenLinux(64, () => [this.dom0User]);
-    const b = buildDomain(
-      this.hv,
-      {
-        name: "Domain-0",
-        memoryMiB: params.dom0MemoryMiB,
-        vcpus: params.dom0Vcpus,
-        width: 64,
-        maxEventChannels: 4095,
-        cmdline: `xensim.seed=${params.seed >>> 0}`,
-        privileged: true,
-      },
-      this.dom0Kernel,
-    );
-    this.hv.unpauseDomain(b.domain);
     // xen-init-dom0: dom0's own entries.
     this.xs.write("/local/domain/0/name", "Domain-0");
     this.xs.write("/local/domain/0/domid", "0");
@@ -100,17 +112,17 @@ export class Host {
   /** Runs until dom0's user space is up (its VIRQ_DOM_EXC bound). */
   boot(): void {
     const limit = this.now() + 1000 * NS_PER_MS;
-    while (!this.dom0User.ready && this.now() < limit) this.hv.run(this.now() + NS_PER_MS);
+    while (!this.dom0User.ready && this.now() < limit) this.machine.run(this.now() + NS_PER_MS);
     if (!this.dom0User.ready) throw new HostError("dom0 did not come up");
   }
 
   now(): number {
-    return this.hv.sched.now();
+    return this.machine.now();
   }
 
   /** Runs the machine until virtual time `until` (ns). */
   run(until: number, maxSteps = Number.POSITIVE_INFINITY): number {
-    const steps = this.hv.run(until, maxSteps);
+    const steps = this.machine.run(until, maxSteps);
     this.fireTimers();
     this.xs.drainWatches();
     return steps;
@@ -159,10 +171,11 @@ export class Host {
     ]
       .filter((s) => s !== "")
       .join(" ");
+    const uuid = cfg.uuid ?? this.newUuid();
     let built: BuiltDomain;
     try {
       built = buildDomain(
-        this.hv,
+        this.xc,
         {
           name: cfg.name,
           memoryMiB: cfg.memoryMiB,
@@ -172,32 +185,37 @@ export class Host {
           cmdline,
           privileged: false,
           backendDomid: 0,
+          handle: uuidBytes(uuid),
         },
         kernel,
       );
     } catch (e) {
       throw new HostError(`cannot build ${cfg.name}: ${(e as Error).message}`);
     }
-    const d = built.domain;
-    const uuid = cfg.uuid ?? this.newUuid();
-    const console = new ConsoleRing(this.hv.memory.u8(d.p2m[built.consolePfn]!));
-    const hd: HostDomain = { domid: d.domid, cfg, uuid, createdNs: this.now(), kernel, built, console };
-    this.domains.set(d.domid, hd);
+    const domid = built.domid;
+    const consoleMap = this.xc.map_foreign_pages(domid, PROT_READ | PROT_WRITE, [built.consoleMfn]);
+    if (typeof consoleMap === "number") {
+      this.xc.destroydomain(domid);
+      throw new HostError(`cannot map the console of ${cfg.name} (${errnoName(consoleMap)})`);
+    }
+    const console = new ConsoleRing(consoleMap.u8(0));
+    const hd: HostDomain = { domid, cfg, uuid, createdNs: this.now(), kernel, built, console, consoleMap };
+    this.domains.set(domid, hd);
     this.writeDomainArea(hd);
-    this.xs.introduce(d.domid, d.p2m[built.storePfn]!, built.storeEvtchn);
+    this.xs.introduce(domid, built.storeMfn, built.storeEvtchn);
     this.dom0User.bindInterdomain(
-      d.domid,
+      domid,
       built.consoleEvtchn,
       () => console.onEvent(),
       (k) => {
-        if (typeof k === "number") this.note(`xenconsoled: cannot bind the console of domain ${d.domid}: ${k}`);
+        if (typeof k === "number") this.note(`xenconsoled: cannot bind the console of domain ${domid}: ${k}`);
         else {
           console.kicker = k;
           console.onEvent();
         }
       },
     );
-    if (!opts.paused) this.hv.unpauseDomain(d);
+    if (!opts.paused) this.unpause(domid);
     return hd;
   }
 
@@ -241,9 +259,9 @@ export class Host {
     xs.write(`${dom}/memory/videoram`, "-1", tx);
     for (let c = 0; c < cfg.maxVcpus; c++) xs.write(`${dom}/cpu/${c}/availability`, c < cfg.vcpus ? "online" : "offline", tx);
     xs.write(`${dom}/store/port`, String(built.storeEvtchn), tx);
-    xs.write(`${dom}/store/ring-ref`, String(built.domain.p2m[built.storePfn]!), tx);
+    xs.write(`${dom}/store/ring-ref`, String(built.storeMfn), tx);
     xs.write(`${dom}/console/port`, String(built.consoleEvtchn), tx);
-    xs.write(`${dom}/console/ring-ref`, String(built.domain.p2m[built.consolePfn]!), tx);
+    xs.write(`${dom}/console/ring-ref`, String(built.consoleMfn), tx);
     xs.write(`${dom}/console/type`, "xenconsoled", tx);
     xs.write(`${dom}/console/output`, "pty", tx);
     xs.write(`${dom}/console/limit`, "1048576", tx);
@@ -253,20 +271,21 @@ export class Host {
 
   /** libxl_domain_destroy: the xenstore area goes, then the domain. */
   destroy(domid: number): void {
-    const hd = this.domains.get(domid);
-    const d = this.domainOrThrow(domid);
     if (domid === 0) throw new HostError("cannot destroy Domain-0");
+    this.info(domid);
+    const hd = this.domains.get(domid);
     this.xs.rm(`/local/domain/${domid}`);
     if (hd) this.xs.rm(`/vm/${hd.uuid}`);
     this.xs.rm(`/libxl/${domid}`);
     hd?.console.kicker?.unbind();
+    hd?.consoleMap.unmap();
     this.domains.delete(domid);
-    this.hv.destroyDomain(d);
+    this.checked("destroydomain", this.xc.destroydomain(domid));
   }
 
   /** xl shutdown / reboot: a request through the guest's control/shutdown node. */
   requestShutdown(domid: number, what: "poweroff" | "reboot"): void {
-    this.domainOrThrow(domid);
+    this.info(domid);
     const dom = `/local/domain/${domid}`;
     if (this.xs.tryRead(`${dom}/control/feature-${what}`) !== "1") {
       throw new HostError(`PV control interface not available: domain ${domid} has not set control/feature-${what}`);
@@ -275,24 +294,45 @@ export class Host {
   }
 
   pause(domid: number): void {
-    this.hv.pauseDomain(this.domainOrThrow(domid));
+    this.info(domid);
+    this.checked("pausedomain", this.xc.pausedomain(domid));
   }
 
   unpause(domid: number): void {
-    this.hv.unpauseDomain(this.domainOrThrow(domid));
+    this.info(domid);
+    this.checked("unpausedomain", this.xc.unpausedomain(domid));
   }
 
-  /** A domain by id, or by name as xl accepts either. */
+  /** A domain by id, or by name as xl accepts either (libxl_name_to_domid reads the names in xenstore). */
   resolve(what: string): number {
     if (/^\d+$/.test(what)) return Number(what);
-    for (const d of this.hv.domains.values()) if (d.name === what) return d.domid;
+    for (const domid of this.domids()) if (this.xs.tryRead(`/local/domain/${domid}/name`) === what) return domid;
     throw new HostError(`${what} is an invalid domain identifier (rc=-6)`);
   }
 
-  private domainOrThrow(domid: number): Domain {
-    const d = this.hv.domains.get(domid);
-    if (!d) throw new HostError(`domain ${domid} does not exist`);
-    return d;
+  /** The domains Xen has, in domid order (xc_domain_getinfolist). */
+  domids(): number[] {
+    const list = this.xc.getdomaininfolist(0, 1 << 16);
+    if (typeof list === "number") throw new HostError(`getdomaininfolist failed (${errnoName(list)})`);
+    return list.map((raw) => decodeGetdomaininfo(raw).domain);
+  }
+
+  /** xc_domain_getinfo for exactly `domid`; a domain that does not exist is a HostError. */
+  info(domid: number): XenDomctlGetdomaininfo {
+    const info = this.tryInfo(domid);
+    if (!info) throw new HostError(`domain ${domid} does not exist`);
+    return info;
+  }
+
+  tryInfo(domid: number): XenDomctlGetdomaininfo | undefined {
+    const raw = this.xc.getdomaininfo(domid);
+    if (typeof raw === "number") return undefined;
+    const info = decodeGetdomaininfo(raw);
+    return info.domain === domid ? info : undefined;
+  }
+
+  private checked(what: string, rc: number): void {
+    if (rc < 0) throw new HostError(`${what} failed (${errnoName(rc)})`);
   }
 
   // ---- dom0 user space ----
@@ -300,17 +340,17 @@ export class Host {
   /** What xenstored asks of the hypervisor through libxenctrl and the evtchn device. */
   private backend(): XsDomainBackend {
     return {
-      domainExists: (domid) => this.hv.domains.has(domid),
+      domainExists: (domid) => this.tryInfo(domid) !== undefined,
       domainState: (domid) => {
-        const d = this.hv.domains.get(domid);
-        if (!d) return undefined;
-        return { dying: d.state === "dying", shutdown: d.state === "shutdown" };
+        const info = this.tryInfo(domid);
+        if (!info) return undefined;
+        return { dying: (info.flags & DOMINF.dying) !== 0, shutdown: (info.flags & DOMINF.shutdown) !== 0 };
       },
       introduce: (domid, mfn, port): XsTransport | "EINVAL" => {
-        const d = this.hv.domains.get(domid);
         // The foreign mapping fails unless the frame is the domain's.
-        if (!d || mfn >= this.hv.memory.nrFrames || this.hv.memory.owner[mfn] !== domid) return "EINVAL";
-        const t = new XsRingTransport(this.hv.memory.u8(mfn));
+        const map = this.xc.map_foreign_pages(domid, PROT_READ | PROT_WRITE, [mfn]);
+        if (typeof map === "number") return "EINVAL";
+        const t = new XsRingTransport(map.u8(0), () => map.unmap());
         this.dom0User.bindInterdomain(
           domid,
           port,
@@ -332,9 +372,9 @@ export class Host {
   /** xl's monitor: a domain that shut down gets the action its config names. */
   private onReleaseDomain(): void {
     for (const hd of [...this.domains.values()]) {
-      const d = this.hv.domains.get(hd.domid);
-      if (d?.state !== "shutdown") continue;
-      const reason = d.shutdownCode;
+      const info = this.tryInfo(hd.domid);
+      if (!info || (info.flags & DOMINF.shutdown) === 0) continue;
+      const reason = (info.flags >>> DOMINF.shutdownshift) & DOMINF.shutdownmask;
       const action =
         reason === SHUTDOWN.poweroff
           ? hd.cfg.onPoweroff
@@ -367,4 +407,13 @@ export class Host {
     const h = b.map((x) => x.toString(16).padStart(2, "0")).join("");
     return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
   }
+}
+
+/** A UUID's 16 bytes (xen_domain_handle_t), from its text form. */
+export function uuidBytes(uuid: string): Uint8Array {
+  const hex = uuid.replace(/-/g, "");
+  const out = new Uint8Array(16);
+  if (!/^[0-9a-fA-F]{32}$/.test(hex)) return out;
+  for (let i = 0; i < 16; i++) out[i] = Number.parseInt(hex.slice(2 * i, 2 * i + 2), 16);
+  return out;
 }

@@ -33,6 +33,8 @@ export class XsRingTransport implements XsTransport {
   constructor(
     /** The domain's ring page, mapped by dom0 (a foreign mapping). */
     private readonly page: Uint8Array,
+    /** Unmaps the page once the daemon is done with the domain (C's unmap_interface). */
+    private readonly release: () => void = () => {},
   ) {
     this.idx = new DataView(page.buffer, page.byteOffset, page.byteLength);
     this.idx.setUint32(RING.server_features, XENSTORE_SERVER_FEATURE_RECONNECTION | XENSTORE_SERVER_FEATURE_ERROR, true);
@@ -92,6 +94,7 @@ export class XsRingTransport implements XsTransport {
     if (this.closed) return;
     this.closed = true;
     this.kicker?.unbind();
+    this.release();
   }
 
   /** The domain kicked: it may have consumed replies, and may have sent requests. */

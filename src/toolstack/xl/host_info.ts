@@ -1,54 +1,75 @@
 // What `xl list`, `vcpu-list`, `uptime` and `info` report, read from the host's hypervisor the way
 // libxl reads it through domctl/sysctl.
 
-import { RUNSTATE, SHUTDOWN } from "../../abi/xen.ts";
-import type { Domain } from "../../hypervisor/domain.ts";
-import type { Host } from "../libxl/host.ts";
+import { DOMINF, type XenDomctlGetdomaininfo } from "../../abi/domctl.ts";
+import { SHUTDOWN } from "../../abi/xen.ts";
+import { errnoName } from "../libxc/errno.ts";
+import { type Host, HostError } from "../libxl/host.ts";
 import { formatAffinity, type XlDomainInfo, type XlHostInfo } from "./xl_format.ts";
 
-export function domainInfo(host: Host, d: Domain): XlDomainInfo {
-  const hd = host.domains.get(d.domid);
-  const nrPcpus = host.hv.sched.pcpus.length;
+/** libxl_list_domain / libxl_list_vcpu for one domain: getdomaininfo, getvcpuinfo, and the name in xenstore. */
+export function domainInfo(host: Host, info: XenDomctlGetdomaininfo): XlDomainInfo {
+  const domid = info.domain;
+  const hd = host.domains.get(domid);
+  const nrPcpus = physinfo(host).nrCpus;
   const all = Array.from({ length: nrPcpus }, (_, i) => i);
-  const vcpus = d.vcpus.map((v) => ({
-    id: v.id,
-    cpu: Math.max(v.pcpu, 0),
-    online: !v.down,
-    // The model's runstates record only "running"; the scheduler's flags say more.
-    running: v.pcpu >= 0 && !v.blocked && !v.down,
-    blocked: v.blocked,
-    timeNs: v.runstateTime[RUNSTATE.running]! + (v.runstate === RUNSTATE.running ? host.now() - v.runstateEntry : 0),
-    hardAffinity: formatAffinity(all, nrPcpus),
-    softAffinity: formatAffinity(all, nrPcpus),
-  }));
-  const memKb = d.p2m.length * 4;
+  const vcpus = [];
+  for (let id = 0; id <= info.maxVcpuId && info.maxVcpuId !== 0xffffffff; id++) {
+    const v = host.xc.getvcpuinfo(domid, id);
+    if (typeof v === "number") continue;
+    vcpus.push({
+      id,
+      cpu: v.cpu,
+      online: v.online,
+      running: v.running,
+      blocked: v.blocked,
+      timeNs: v.cpuTime,
+      hardAffinity: formatAffinity(all, nrPcpus),
+      softAffinity: formatAffinity(all, nrPcpus),
+    });
+  }
+  const memKb = info.totPages * 4;
+  const shutdown = (info.flags & DOMINF.shutdown) !== 0;
+  const reason = (info.flags >>> DOMINF.shutdownshift) & DOMINF.shutdownmask;
   return {
-    name: d.name,
-    domid: d.domid,
-    uuid: hd?.uuid ?? "00000000-0000-0000-0000-000000000000",
+    name: host.xs.tryRead(`/local/domain/${domid}/name`) ?? "",
+    domid,
+    uuid: formatUuid(info.handle),
     memKb,
     maxMemKb: hd ? hd.cfg.maxmemMiB * 1024 : memKb,
-    vcpusOnline: vcpus.filter((v) => v.online).length,
-    running: vcpus.some((v) => v.running),
-    blocked: d.state === "running" && vcpus.every((v) => !v.running) && vcpus.some((v) => v.blocked),
-    paused: d.pauseCount > 0,
-    shutdown: d.state === "shutdown",
-    shutdownReason: d.state === "shutdown" ? d.shutdownCode : undefined,
-    crashed: d.state === "shutdown" && d.shutdownCode === SHUTDOWN.crash,
-    dying: d.state === "dying",
-    cpuTimeNs: vcpus.reduce((n, v) => n + v.timeNs, 0),
+    vcpusOnline: info.nrOnlineVcpus,
+    running: (info.flags & DOMINF.running) !== 0,
+    blocked: (info.flags & DOMINF.blocked) !== 0,
+    paused: (info.flags & DOMINF.paused) !== 0,
+    shutdown,
+    shutdownReason: shutdown ? reason : undefined,
+    crashed: shutdown && reason === SHUTDOWN.crash,
+    dying: (info.flags & DOMINF.dying) !== 0,
+    cpuTimeNs: info.cpuTime,
     startTimeSec: (hd?.createdNs ?? 0) / 1e9,
     vcpus,
   };
 }
 
 export function allDomainInfo(host: Host): XlDomainInfo[] {
-  return [...host.hv.domains.values()].sort((a, b) => a.domid - b.domid).map((d) => domainInfo(host, d));
+  return host.domids().map((domid) => domainInfo(host, host.info(domid)));
+}
+
+function physinfo(host: Host) {
+  const p = host.xc.physinfo();
+  if (typeof p === "number") throw new HostError(`physinfo failed (${errnoName(p)})`);
+  return p;
+}
+
+/** A domain handle as libxl prints a UUID. */
+function formatUuid(handle: Uint8Array): string {
+  const h = Array.from(handle, (b) => b.toString(16).padStart(2, "0")).join("");
+  return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
 }
 
 export function hostInfo(host: Host, hostname: string): XlHostInfo {
-  const hv = host.hv;
-  const nrCpus = hv.sched.pcpus.length;
+  const p = physinfo(host);
+  const nrCpus = p.nrCpus;
   return {
     host: hostname,
     release: "xensim",
@@ -59,11 +80,10 @@ export function hostInfo(host: Host, hostname: string): XlHostInfo {
     nrNodes: 1,
     coresPerSocket: nrCpus,
     threadsPerCore: 1,
-    // The virtual TSC runs at 1 GHz.
-    cpuKhz: 1_000_000,
+    cpuKhz: p.cpuKhz,
     hwCaps: [],
     virtCaps: {
-      pv: true,
+      pv: p.capPv,
       hvm: false,
       directio: false,
       hap: false,
@@ -74,8 +94,8 @@ export function hostInfo(host: Host, hostname: string): XlHostInfo {
       gnttabV1: false,
       gnttabV2: false,
     },
-    totalPages: hv.memory.nrFrames,
-    freePages: hv.memory.framesFree,
+    totalPages: p.totalPages,
+    freePages: p.freePages,
     outstandingPages: 0,
     sharingFreedPages: 0,
     sharingUsedFrames: 0,

@@ -9,9 +9,9 @@ import { existsSync, rmSync, writeFileSync } from "node:fs";
 import { createServer, type Server, type Socket } from "node:net";
 import { hostname } from "node:os";
 import { join } from "node:path";
-import { handleDebugKeys } from "../../hypervisor/keyhandler.ts";
+import { errnoName } from "../libxc/errno.ts";
 import { parseGuestConfig } from "../libxl/guest_cfg.ts";
-import { Host, HostError, type HostParams } from "../libxl/host.ts";
+import { type BootMachine, Host, HostError, type HostParams } from "../libxl/host.ts";
 import { allDomainInfo, hostInfo } from "./host_info.ts";
 import { listenXenstored } from "../xenstored/socket.ts";
 
@@ -20,6 +20,8 @@ export interface ServeOptions {
   /** Virtual seconds per wall second. */
   speed: number;
   params: HostParams;
+  /** Boots the machine the toolstack runs on (Xen with dom0). */
+  boot: BootMachine;
   log: (line: string) => void;
 }
 
@@ -36,7 +38,7 @@ export interface RunningHost {
 }
 
 export async function serveHost(opts: ServeOptions): Promise<RunningHost> {
-  const host = new Host(opts.params);
+  const host = new Host(opts.params, opts.boot);
   host.boot();
   const wall0 = performance.now();
   const virt0 = host.now();
@@ -128,13 +130,13 @@ export async function serveHost(opts: ServeOptions): Promise<RunningHost> {
         reply({ ok: true });
         return;
       case "dmesg": {
-        const lines = host.hv.console.map((l) => ({ timeNs: l.time, text: l.text }));
-        if (req["clear"] === true) host.hv.console.length = 0;
-        reply({ ok: true, lines });
+        const ring = host.xc.readconsole(req["clear"] === true);
+        if (typeof ring === "number") throw new HostError(`readconsole failed (${errnoName(ring)})`);
+        reply({ ok: true, lines: ring.map((l) => ({ timeNs: l.time, text: l.text })) });
         return;
       }
       case "debug-keys":
-        handleDebugKeys(host.hv, String(req["keys"] ?? ""));
+        host.xc.debug_keys(String(req["keys"] ?? ""));
         reply({ ok: true });
         return;
       case "console": {
