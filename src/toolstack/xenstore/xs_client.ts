@@ -334,6 +334,8 @@ export class XsClient {
     const batch: Uint8Array[] = [];
     this.batch = batch;
     try {
+      // Inline header reads, not readXsHeader: the client's reply loop is what `bench xenstore`
+      // measures, and it allocates nothing per reply.
       while (end - off >= XSD_SOCKMSG_SIZE) {
         const len = buf.readUInt32LE(off + 12);
         if (len > XENSTORE_PAYLOAD_MAX) {

@@ -132,6 +132,8 @@ export class Connection implements XsConnection {
       const off = this.inOff;
       const avail = buf.length - off;
       if (avail < XSD_SOCKMSG_SIZE || !this.xs.connCanRead(this)) break;
+      // The header is decoded inline rather than through readXsHeader: this loop is the daemon's
+      // hot path, and it allocates nothing per message.
       const len = (buf[off + 12]! | (buf[off + 13]! << 8) | (buf[off + 14]! << 16) | (buf[off + 15]! << 24)) >>> 0;
       if (len > XENSTORE_PAYLOAD_MAX) {
         this.xs.log(`Client tried to feed us ${len | 0}`);
