@@ -242,8 +242,13 @@ export class Vcpu implements GuestCpu {
     const rc = this.host.hypercall(this, op, a1, a2, a3, a4, a5);
     // The result lands in rax (eax), as Xen's hypercall return writes it.
     const regs = this.regs;
-    regs[RAX_LO] = rc >>> 0;
-    regs[RAX_LO + 1] = Math.floor(rc / 0x100000000) >>> 0;
+    if (rc >= 0 && rc <= 0xffffffff) {
+      regs[RAX_LO] = rc;
+      regs[RAX_LO + 1] = 0;
+    } else {
+      regs[RAX_LO] = rc >>> 0;
+      regs[RAX_LO + 1] = Math.floor(rc / 0x100000000) >>> 0;
+    }
     this.deliverEvents();
     return rc;
   }
