@@ -54,6 +54,7 @@ describe("callers are checked as Xen's dummy XSM policy does", () => {
       ["gettscinfo", () => xc.gettscinfo(target)],
       ["settscinfo", () => xc.settscinfo(target, { mode: 0, gtscKhz: 0, incarnation: 0, elapsedNsec: 0 })],
       ["set_address_size", () => xc.set_address_size(target, 32)],
+      ["get_address_size", () => xc.get_address_size(target)],
       ["set_virq_handler", () => xc.set_virq_handler(target, VIRQ.DOM_EXC)],
       ["populate_physmap", () => xc.populate_physmap(target, [4096])],
       ["evtchn_alloc_unbound", () => xc.evtchn_alloc_unbound(target, 0)],
