@@ -137,7 +137,7 @@ test("xensim xenstored: says where it listens, replaces a stale socket, removes 
   } finally {
     await d.stop();
   }
-  assert.equal(d.child.exitCode, 0);
+  assert.equal(d.child.exitCode, 0, `SIGTERM should exit 0; signal ${d.child.signalCode}, output: ${d.output()}`);
 });
 
 test("xensim xenstored: a socket client that never reads stays bounded; other clients are served", async () => {
