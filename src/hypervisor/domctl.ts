@@ -82,10 +82,6 @@ export class ForeignMapping {
     return this.mfns.length;
   }
 
-  get mapped(): boolean {
-    return this.live;
-  }
-
   u8(i: number): Uint8Array {
     return this.hv.memory.u8(this.frame(i));
   }
@@ -440,11 +436,6 @@ export class Privcmd {
     if (denied) return denied;
     const mem = this.hv.memory;
     return { nrCpus: this.hv.sched.pcpus.length, cpuKhz: 1_000_000, totalPages: mem.nrFrames, freePages: mem.framesFree, capPv: true };
-  }
-
-  /** The virtual time Xen's clock reads now (NOW()), for the toolstack's timestamps. */
-  now(): number {
-    return this.hv.sched.now();
   }
 
   // ---- internals ----

@@ -8,7 +8,7 @@ import { DOMID_FIRST_RESERVED, RUNSTATE, SHUTDOWN, VIRQ, XEN_ERRNO as E } from "
 import { Domain, type DomainConfig } from "./domain.ts";
 import type { ForeignMapping } from "./domctl.ts";
 import { evtchn2lInit } from "./evtchn_2l.ts";
-import { ECS, type EvtchnHost, evtchnAllocUnbound, evtchnClose, sendGuestVirq } from "./evtchn.ts";
+import { ECS, type EvtchnHost, evtchnClose, sendGuestVirq } from "./evtchn.ts";
 import { GuestAccess } from "./guest_access.ts";
 import { dispatchHypercall } from "./hypercall.ts";
 import { MachineMemory } from "./memory.ts";
@@ -422,11 +422,6 @@ export class Hypervisor implements VcpuHost, SchedHost, EvtchnHost {
       steps++;
     }
     return steps;
-  }
-
-  /** xc_evtchn_alloc_unbound: a port in `d` that `remoteDomid` may bind to. */
-  allocUnboundFor(d: Domain, remoteDomid: number): number {
-    return evtchnAllocUnbound(this, d, d.domid, remoteDomid);
   }
 }
 
