@@ -15,6 +15,7 @@ import {
   type DomctlTscInfo,
   encodeGetdomaininfo,
   PFINFO,
+  XEN_INVALID_MAX_VCPU_ID,
   type XenDomctlGetdomaininfo,
 } from "../abi/domctl.ts";
 import { DOMID_FIRST_RESERVED, NR_VIRQS, virqIsPerVcpu, XEN_ERRNO as E } from "../abi/xen.ts";
@@ -465,7 +466,7 @@ export class Privcmd {
       if (v.pcpu >= 0 && !v.blocked) flags |= DOMINF.running;
       online++;
     }
-    const shutdownCode = d.state === "shutdown" ? d.shutdownCode : d.shutdownCode < 0 ? SHUTDOWN_CODE_INVALID : d.shutdownCode;
+    const shutdownCode = d.shutdownCode < 0 ? SHUTDOWN_CODE_INVALID : d.shutdownCode;
     flags =
       ((online > 0 ? flags : 0) |
         (d.state === "dying" ? DOMINF.dying : 0) |
@@ -519,7 +520,6 @@ export function openPrivcmd(hv: Hypervisor, caller: number): Privcmd {
 
 const MAX_VIRT_CPUS = 8192;
 const MAX_EVTCHN_PORT = 131071;
-const XEN_INVALID_MAX_VCPU_ID = 0xffffffff;
 const SHUTDOWN_CODE_INVALID = 0xffffffff;
 const RUNSTATE_RUNNING = 0;
 const TSC_MODE_DEFAULT = 0;
