@@ -912,19 +912,29 @@ describe("random request sequences: the same replies and watch events as C xenst
     fc.tuple(conn, path, tx).map(([c, p, t]): Step => [c, XS.DIRECTORY, z(p), t]),
     fc.tuple(conn, path, tx).map(([c, p, t]): Step => [c, XS.DIRECTORY_PART, z(p, "0"), t]),
     fc.tuple(conn, path, tx).map(([c, p, t]): Step => [c, XS.GET_PERMS, z(p), t]),
-    fc.tuple(conn, path, fc.array(perm, { minLength: 1, maxLength: 3 }), tx).map(([c, p, ps, t]): Step => [c, XS.SET_PERMS, z(p, ...ps), t]),
+    // Not a domain's SET_PERMS of a special node: 4.17's do_set_perms returns errno where
+    // set_perms_special() returned EACCES, so C answers whatever errno last held (we answer EACCES).
+    fc
+      .tuple(conn, path, fc.array(perm, { minLength: 1, maxLength: 3 }), tx)
+      .filter(([c, p]) => !(c === "d5" && p.startsWith("@")))
+      .map(([c, p, ps, t]): Step => [c, XS.SET_PERMS, z(p, ...ps), t]),
     fc.tuple(conn, path, fc.constantFrom("t1", "t2")).map(([c, p, k]): Step => [c, XS.WATCH, z(p, k)]),
     fc.tuple(conn, path, fc.constantFrom("t1", "t2")).map(([c, p, k]): Step => [c, XS.UNWATCH, z(p, k)]),
     fc.tuple(conn, tx).map(([c, t]): Step => [c, XS.TRANSACTION_START, z(""), t]),
     fc.tuple(conn, fc.constantFrom("T", "F"), fc.constantFrom(1, 2)).map(([c, a, t]): Step => [c, XS.TRANSACTION_END, z(a), t]),
     conn.map((c): Step => [c, XS.RESET_WATCHES, ""]),
   );
-  test(`${RUNS} random sequences over two sockets and a domain's ring`, async () => {
+  // A failure prints fast-check's seed and path; FC_SEED=<seed> FC_PATH=<path> replays it.
+  const replay = (): { seed?: number; path?: string } => ({
+    ...(process.env["FC_SEED"] === undefined ? {} : { seed: Number(process.env["FC_SEED"]) }),
+    ...(process.env["FC_PATH"] === undefined ? {} : { path: process.env["FC_PATH"] }),
+  });
+  test(`${RUNS} random sequences over two sockets and a domain's ring (replay: FC_SEED=<seed> FC_PATH=<path>)`, async () => {
     await fc.assert(
       fc.asyncProperty(fc.array(step, { minLength: 5, maxLength: 40 }), async (steps) => {
         await sideBySide([...dom5, ["s0", XS.CONTROL, z("quota", "set", "nodes", "8")], ...steps, ["s0", XS.CONTROL, z("quota", "5")], ["s0", XS.CONTROL, z("quota", "0")]], [5]);
       }),
-      { numRuns: RUNS },
+      { numRuns: RUNS, ...replay() },
     );
   });
 });
