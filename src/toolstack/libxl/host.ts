@@ -9,7 +9,7 @@
 // on_crash when a domain shuts down.
 
 import type { GuestImage } from "../../abi/cpu.ts";
-import { DOMINF, decodeGetdomaininfo, type XenDomctlGetdomaininfo } from "../../abi/domctl.ts";
+import { DOMINF, decodeGetdomaininfo, dominfShutdownCode, type XenDomctlGetdomaininfo } from "../../abi/domctl.ts";
 import { SHUTDOWN } from "../../abi/xen.ts";
 import { XenLinux } from "../../guest/kernel.ts";
 import { workloadsFromCmdline } from "../../guest/workloads.ts";
@@ -374,7 +374,7 @@ export class Host {
     for (const hd of [...this.domains.values()]) {
       const info = this.tryInfo(hd.domid);
       if (!info || (info.flags & DOMINF.shutdown) === 0) continue;
-      const reason = (info.flags >>> DOMINF.shutdownshift) & DOMINF.shutdownmask;
+      const reason = dominfShutdownCode(info.flags);
       const action =
         reason === SHUTDOWN.poweroff
           ? hd.cfg.onPoweroff

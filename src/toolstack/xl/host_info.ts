@@ -1,7 +1,7 @@
 // What `xl list`, `vcpu-list`, `uptime` and `info` report, read from the host's hypervisor the way
 // libxl reads it through domctl/sysctl.
 
-import { DOMINF, type XenDomctlGetdomaininfo } from "../../abi/domctl.ts";
+import { DOMINF, dominfShutdownCode, type XenDomctlGetdomaininfo } from "../../abi/domctl.ts";
 import { SHUTDOWN } from "../../abi/xen.ts";
 import { errnoName } from "../libxc/errno.ts";
 import { type Host, HostError } from "../libxl/host.ts";
@@ -30,7 +30,7 @@ export function domainInfo(host: Host, info: XenDomctlGetdomaininfo): XlDomainIn
   }
   const memKb = info.totPages * 4;
   const shutdown = (info.flags & DOMINF.shutdown) !== 0;
-  const reason = (info.flags >>> DOMINF.shutdownshift) & DOMINF.shutdownmask;
+  const reason = dominfShutdownCode(info.flags);
   return {
     name: host.xs.tryRead(`/local/domain/${domid}/name`) ?? "",
     domid,
