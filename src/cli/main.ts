@@ -6,6 +6,7 @@ import { runDemo } from "./demo.ts";
 import { registerHost } from "./host.ts";
 import { runCommand } from "./run.ts";
 import { registerXenstored } from "./xenstored.ts";
+import { registerXl } from "./xl.ts";
 
 function positiveInt(value: string): number {
   const n = Number(value);
@@ -43,6 +44,7 @@ program
 registerBench(program);
 registerXenstored(program);
 registerHost(program);
+registerXl(program);
 
 program.parseAsync(process.argv).catch((e: unknown) => {
   console.error(`xensim: ${(e as Error).message}`);

@@ -7,13 +7,10 @@
 
 import { existsSync, rmSync, writeFileSync } from "node:fs";
 import { createServer, type Server, type Socket } from "node:net";
-import { hostname } from "node:os";
 import { join } from "node:path";
-import { errnoName } from "../libxc/errno.ts";
-import { parseGuestConfig } from "../libxl/guest_cfg.ts";
-import { type BootMachine, Host, HostError, type HostParams } from "../libxl/host.ts";
-import { allDomainInfo, hostInfo } from "./host_info.ts";
+import { type BootMachine, Host, type HostParams } from "../libxl/host.ts";
 import { listenXenstored } from "../xenstored/socket.ts";
+import { XL_COMMANDS, type XlReply } from "./xl_commands.ts";
 
 export interface ServeOptions {
   dir: string;
@@ -86,89 +83,17 @@ export async function serveHost(opts: ServeOptions): Promise<RunningHost> {
     resolveStopped();
   };
 
-  const handle = (req: Record<string, unknown>, reply: (r: Record<string, unknown>) => void, sock: Socket) => {
-    const dom = () => host.resolve(String(req["dom"] ?? ""));
-    const waitFor = (check: () => boolean, then: () => void) => {
-      if (check()) then();
-      else waiters.push({ check, done: then });
-    };
-    switch (req["cmd"]) {
-      case "create": {
-        const cfg = parseGuestConfig(String(req["config"] ?? ""), String(req["file"] ?? "config"));
-        const hd = host.create(cfg, { paused: req["paused"] === true });
-        reply({ ok: true, domid: hd.domid, name: cfg.name, warnings: cfg.warnings });
-        return;
-      }
-      case "list":
-        reply({ ok: true, domains: allDomainInfo(host), now: host.now() / 1e9 });
-        return;
-      case "info": {
-        // JSON has no bigint.
-        const info = hostInfo(host, hostname());
-        reply({ ok: true, info: { ...info, virtStart: info.virtStart.toString() } });
-        return;
-      }
-      case "destroy":
-        host.destroy(dom());
-        reply({ ok: true });
-        return;
-      case "shutdown":
-      case "reboot": {
-        const domid = dom();
-        host.requestShutdown(domid, req["cmd"] === "shutdown" ? "poweroff" : "reboot");
-        // -w: until the domain is gone (xl waits for its destruction).
-        if (req["wait"] === true) waitFor(() => !host.domains.has(domid), () => reply({ ok: true }));
-        else reply({ ok: true });
-        return;
-      }
-      case "pause":
-        host.pause(dom());
-        reply({ ok: true });
-        return;
-      case "unpause":
-        host.unpause(dom());
-        reply({ ok: true });
-        return;
-      case "dmesg": {
-        const ring = host.xc.readconsole(req["clear"] === true);
-        if (typeof ring === "number") throw new HostError(`readconsole failed (${errnoName(ring)})`);
-        reply({ ok: true, lines: ring.map((l) => ({ timeNs: l.time, text: l.text })) });
-        return;
-      }
-      case "debug-keys":
-        host.xc.debug_keys(String(req["keys"] ?? ""));
-        reply({ ok: true });
-        return;
-      case "console": {
-        const domid = dom();
-        const hd = host.domains.get(domid);
-        if (!hd) throw new HostError(`domain ${domid} has no console`);
-        reply({ ok: true, text: hd.console.text });
-        const listener = (text: string) => reply({ text });
-        hd.console.listeners.add(listener);
-        const gone = () => {
-          hd.console.listeners.delete(listener);
-        };
-        sock.on("close", gone);
-        waitFor(
-          () => !host.domains.has(domid) || sock.destroyed,
-          () => {
-            gone();
-            sock.end();
-          },
-        );
-        return;
-      }
-      case "log":
-        reply({ ok: true, lines: host.log });
-        return;
-      case "down":
-        reply({ ok: true });
-        setImmediate(() => void stop());
-        return;
-      default:
-        reply({ ok: false, error: `unknown command ${JSON.stringify(req["cmd"])}` });
+  const waitFor = (check: () => boolean, then: () => void) => {
+    if (check()) then();
+    else waiters.push({ check, done: then });
+  };
+  const handle = (req: Record<string, unknown>, reply: (r: XlReply) => void, sock: Socket) => {
+    const handler = Object.hasOwn(XL_COMMANDS, String(req["cmd"])) ? XL_COMMANDS[String(req["cmd"])] : undefined;
+    if (!handler) {
+      reply({ ok: false, error: `unknown command ${JSON.stringify(req["cmd"])}` });
+      return;
     }
+    handler({ host, req, reply, sock, waitFor, stop: () => setImmediate(() => void stop()) });
   };
 
   const ctlServer = createServer((sock) => {
