@@ -78,7 +78,8 @@ test("reboot: on_reboot=restart destroys the domain and creates it again under a
     const first = host.create(guestCfg());
     runUntil(host, 200, () => host.xs.tryRead(`/local/domain/${first.domid}/control/feature-reboot`) === "1");
     host.requestShutdown(first.domid, "reboot");
-    runUntil(host, 300, () => !hvOf(host).domains.has(first.domid) && host.domains.size === 1);
+    // xl's monitor sleeps 2 s before it builds the domain again.
+    runUntil(host, 2_300, () => !hvOf(host).domains.has(first.domid) && host.domains.size === 1);
     const again = [...host.domains.values()][0]!;
     assert.notEqual(again.domid, first.domid, `seed ${seed}`);
     assert.equal(again.uuid, first.uuid, `seed ${seed}: the restarted domain keeps its uuid`);

@@ -4,7 +4,7 @@
 
 import type { GuestCpu, GuestImage } from "../abi/cpu.ts";
 import { type GuestWidth, type Layout, layoutFor } from "../abi/layout.ts";
-import { CALLBACKTYPE, HYPERVISOR, SIF_INITDOMAIN, VCPUOP, VGCF_in_kernel, VIRQ, XEN_PAGE_SIZE } from "../abi/xen.ts";
+import { CALLBACKTYPE, HYPERVISOR, SHUTDOWN, SIF_INITDOMAIN, VCPUOP, VGCF_in_kernel, VIRQ, XEN_PAGE_SIZE } from "../abi/xen.ts";
 import type { EvtchnOps } from "./evtchn_backend.ts";
 import { Events2L } from "./events_2l.ts";
 import { EventsFifo, type GuestPage, type PageSource } from "./events_fifo.ts";
@@ -74,6 +74,8 @@ export class XenLinux implements GuestImage, Scratch, PageSource {
   /** printk ring (dmesg). */
   readonly log: string[] = [];
   nrPages = 0;
+  /** Pages in the direct map, which the page allocator hands out (all of them until it is built). */
+  lowmemPages = Number.POSITIVE_INFINITY;
   booted = false;
   private si!: DataView;
   private siBytes!: Uint8Array;
@@ -112,6 +114,12 @@ export class XenLinux implements GuestImage, Scratch, PageSource {
     this.log.push(line);
     if (this.log.length > 4096) this.log.splice(0, 1024);
     this.console?.write(cpu, `${line}\n`);
+  }
+
+  /** panic(): on Xen the panic notifier shuts the domain down as crashed (xen_panic_event). */
+  panic(cpu: GuestCpu, why: string): void {
+    this.printk(cpu, `Kernel panic - not syncing: ${why}`);
+    this.hc.shutdown(cpu, SHUTDOWN.crash);
   }
 
   // ---- GuestImage ----
@@ -158,7 +166,7 @@ export class XenLinux implements GuestImage, Scratch, PageSource {
 
   allocPfn(): number | undefined {
     if (this.freePfns.length > 0) return this.freePfns.pop();
-    if (this.nextFreePfn >= this.nrPages) return undefined;
+    if (this.nextFreePfn >= Math.min(this.nrPages, this.lowmemPages)) return undefined;
     return this.nextFreePfn++;
   }
 
@@ -240,9 +248,15 @@ export class XenLinux implements GuestImage, Scratch, PageSource {
     }
     this.mc = new Multicalls(this.layout, buffers, this);
     const init = bootPagetables(this, cpu, rootPfn, sharedInfoMa);
+    this.lowmemPages = init.lowmemPages;
     const words = cpu.pageWords(FIX_SHARED_INFO[this.width]);
     this.si = new DataView(words.buffer);
     this.siBytes = new Uint8Array(words.buffer);
+    if (init.lowmemPages < this.nrPages) {
+      const mib = (pages: number) => Math.floor(pages / 256);
+      this.printk(cpu, `${mib(this.nrPages - init.lowmemPages)}MB HIGHMEM available.`);
+      this.printk(cpu, `${mib(init.lowmemPages)}MB LOWMEM available.`);
+    }
 
     this.hc.registerCallback(cpu, CALLBACKTYPE.event, this.base + SYM.xen_hypervisor_callback);
     this.hc.registerCallback(cpu, CALLBACKTYPE.failsafe, this.base + SYM.xen_failsafe_callback);
@@ -257,6 +271,11 @@ export class XenLinux implements GuestImage, Scratch, PageSource {
     if (flags & SIF_INITDOMAIN) this.evtchnDev = new EvtchnDevice(this.events, this.hc);
     else {
       this.consoleInit(cpu, ul(S.console_mfn), cpu.read32(startInfoVa + S.console_evtchn));
+      // Fault injection: a kernel that dies after its console, before xenbus.
+      if (this.option("xensim.panic_on_boot", "0") === "1") {
+        this.panic(cpu, "xensim.panic_on_boot=1");
+        return;
+      }
       this.xenbusInit(cpu, ul(S.store_mfn), cpu.read32(startInfoVa + S.store_evtchn));
     }
     this.workloads = this.makeWorkloads(this);
@@ -289,7 +308,12 @@ export class XenLinux implements GuestImage, Scratch, PageSource {
       return;
     }
     this.xenbus = xb;
-    this.shutdownWatcher = new ShutdownWatcher(xb, this.hc, (c, t) => this.printk(c, t));
+    this.shutdownWatcher = new ShutdownWatcher(
+      xb,
+      this.hc,
+      (c, t) => this.printk(c, t),
+      (c, why) => this.panic(c, why),
+    );
     this.shutdownWatcher.setup(cpu);
   }
 

@@ -24,6 +24,7 @@ export class ShutdownWatcher {
     private readonly xs: XenBus,
     private readonly hc: Hypercalls,
     private readonly log: (cpu: GuestCpu, text: string) => void,
+    private readonly panic: (cpu: GuestCpu, why: string) => void,
   ) {}
 
   /** setup_shutdown_watcher. */
@@ -42,6 +43,38 @@ export class ShutdownWatcher {
         if (err) this.log(c, `xen: failed to set shutdown watcher: ${err}`);
       },
     );
+    this.xs.watch(
+      cpu,
+      "control/sysrq",
+      "sysrq",
+      (c) => this.sysrqHandler(c),
+      (c, err) => {
+        if (err) this.log(c, `xen: failed to set sysrq watcher: ${err}`);
+      },
+    );
+  }
+
+  /** sysrq_handler: a key written to control/sysrq is cleared, then handled as a SysRq key. */
+  private sysrqHandler(cpu: GuestCpu): void {
+    this.xs.transactionStart(cpu, (c, err, tx) => {
+      if (err) return;
+      this.xs.read(c, tx, "control/sysrq", (c2, rerr, value) => {
+        const key = rerr ? "" : value.charAt(0);
+        const end = (c3: GuestCpu) =>
+          this.xs.transactionEnd(c3, tx, false, (c4, eerr) => {
+            if (eerr === "EAGAIN") this.sysrqHandler(c4);
+            else if (key !== "") this.sysrq(c4, key);
+          });
+        if (key !== "") this.xs.write(c2, tx, "control/sysrq", "", (c3) => end(c3));
+        else end(c2);
+      });
+    });
+  }
+
+  /** handle_sysrq, for the keys this kernel has: 'c' crashes it, as sysrq-trigger does. */
+  private sysrq(cpu: GuestCpu, key: string): void {
+    this.log(cpu, `sysrq: ${key === "c" ? "Trigger a crash" : `HELP : crash(c) (key ${JSON.stringify(key)} not handled)`}`);
+    if (key === "c") this.panic(cpu, "sysrq triggered crash");
   }
 
   /** shutdown_handler. */

@@ -30,6 +30,8 @@ export interface BootTables {
   kernelPmd: number;
   /** Every other table of init_mm. */
   tables: number[];
+  /** Pages the direct map covers; PAE leaves the rest (highmem) unmapped. */
+  lowmemPages: number;
 }
 
 /** The fixmap slot Linux maps shared_info at, as an offset below the top of the address space. */
@@ -102,13 +104,24 @@ export function bootPagetables(k: BootKernel, cpu: GuestCpu, rootPfn: number, sh
   const rc = cpu.hypercall(HYPERVISOR.update_va_mapping, ...si);
   if (rc < 0) throw new Error(`cannot map shared_info: ${rc}`);
 
-  // The rest of the direct map.
-  const maxPages = w === 64 ? 512 * 512 : PAE_DIRECT_MAP_L2_SLOTS * 512;
-  if (k.nrPages > maxPages) throw new Error(`${k.nrPages} pages: the kernel's direct map stops at ${maxPages}`);
+  // The rest of the direct map: on x86_64 it spans as many L2s under the L3 as memory needs;
+  // PAE maps what fits below the fixmap (lowmem) and leaves the rest as highmem.
+  const l3 = w === 64 ? tables[0]! : -1;
+  const firstL2Slot = tableIndex(w, k.base, 2);
+  const maxL2Slots = w === 64 ? (512 - tableIndex(64, k.base, 3)) * 512 - firstL2Slot : PAE_DIRECT_MAP_L2_SLOTS - firstL2Slot;
+  const lowmemPages = Math.min(k.nrPages, maxL2Slots * 512);
   k.mc.enterLazy(cpu, LAZY.MMU);
-  for (let group = 0; group * 512 < k.nrPages; group++) {
+  let extraL2: { pfn: number; l3Slot: number } | undefined;
+  const finishL2 = () => {
+    if (!extraL2) return;
+    makeReadOnly(extraL2.pfn);
+    hook(l3, extraL2.l3Slot, extraL2.pfn, TABLE_PROT);
+    tables.push(extraL2.pfn);
+    extraL2 = undefined;
+  };
+  for (let group = 0; group * 512 < lowmemPages; group++) {
     const first = group * 512;
-    const last = Math.min(k.nrPages, first + 512);
+    const last = Math.min(lowmemPages, first + 512);
     const existing = l1s[group];
     if (existing !== undefined) {
       for (let pfn = first; pfn < last; pfn++) {
@@ -119,12 +132,23 @@ export function bootPagetables(k: BootKernel, cpu: GuestCpu, rootPfn: number, sh
     const l1 = zeroed();
     for (let pfn = first; pfn < last; pfn++) link(l1, pfn - first, pfn, KERNEL_PROT);
     makeReadOnly(l1);
-    hook(l2, tableIndex(w, k.base, 2) + group, l1, TABLE_PROT);
+    const linear = firstL2Slot + group;
+    if (linear < 512) hook(l2, linear, l1, TABLE_PROT);
+    else {
+      // A fresh L2 is filled while it is an ordinary page, then handed to Xen through the L3.
+      const l3Slot = tableIndex(64, k.base, 3) + Math.floor(linear / 512);
+      if (extraL2?.l3Slot !== l3Slot) {
+        finishL2();
+        extraL2 = { pfn: zeroed(), l3Slot };
+      }
+      link(extraL2.pfn, linear % 512, l1, TABLE_PROT);
+    }
     tables.push(l1);
     l1s.push(l1);
   }
+  finishL2();
   k.mc.leaveLazy(cpu);
-  return { pgd: rootPfn, kernelPmd, tables };
+  return { pgd: rootPfn, kernelPmd, tables, lowmemPages };
 }
 
 /** update_va_mapping's register arguments: (va, pte, flags), or (va, lo, hi, flags) on i386. */

@@ -303,7 +303,7 @@ export class Hypervisor implements VcpuHost, SchedHost, EvtchnHost {
 
   /** A guest did something its kernel could not survive (domain_crash). */
   crashDomain(d: Domain, why: string): void {
-    this.log(`domain_crash called from ${d.name}: ${why}`);
+    this.log(`Domain ${d.domid} (${d.name}) crashed: ${why}`);
     this.shutdownDomain(d, SHUTDOWN.crash);
   }
 

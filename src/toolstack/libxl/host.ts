@@ -59,11 +59,31 @@ export interface HostDomain {
   console: ConsoleRing;
   /** xenconsoled's mapping of the console page. */
   consoleMap: ForeignMapping;
+  /** The monitor has acted on its shutdown. */
+  handled: boolean;
+  /** Restarts in a row, each after a shutdown soon after its start. */
+  fastRestarts: number;
+  /** Why its kernel died before it came up, if it did. */
+  bootFailure?: string;
 }
 
 export class HostError extends Error {}
 
 const NS_PER_MS = 1_000_000;
+/** xl sleeps this long before it builds a domain again. */
+const RESTART_DELAY_NS = 2_000 * NS_PER_MS;
+/** A shutdown this soon after the domain started counts towards a restart loop. */
+const FAST_CRASH_NS = 10_000 * NS_PER_MS;
+/** Restarts in a row, each after a fast shutdown, before the monitor stops restarting. */
+const MAX_FAST_RESTARTS = 3;
+
+/** The on_* action the config names for a shutdown reason. */
+function actionFor(cfg: GuestConfig, reason: number): string {
+  if (reason === SHUTDOWN.poweroff) return cfg.onPoweroff;
+  if (reason === SHUTDOWN.reboot) return cfg.onReboot;
+  if (reason === SHUTDOWN.crash) return cfg.onCrash;
+  return "preserve";
+}
 
 export class Host {
   readonly machine: Machine;
@@ -159,7 +179,7 @@ export class Host {
 
   // ---- xl create / destroy / shutdown / pause ----
 
-  create(cfg: GuestConfig, opts: { paused?: boolean } = {}): HostDomain {
+  create(cfg: GuestConfig, opts: { paused?: boolean; fastRestarts?: number } = {}): HostDomain {
     for (const hd of this.domains.values()) {
       if (hd.cfg.name === cfg.name) throw new HostError(`domain with name "${cfg.name}" already exists`);
     }
@@ -199,7 +219,18 @@ export class Host {
       throw new HostError(`cannot map the console of ${cfg.name} (${errnoName(consoleMap)})`);
     }
     const console = new ConsoleRing(consoleMap.u8(0));
-    const hd: HostDomain = { domid, cfg, uuid, createdNs: this.now(), kernel, built, console, consoleMap };
+    const hd: HostDomain = {
+      domid,
+      cfg,
+      uuid,
+      createdNs: this.now(),
+      kernel,
+      built,
+      console,
+      consoleMap,
+      handled: false,
+      fastRestarts: opts.fastRestarts ?? 0,
+    };
     this.domains.set(domid, hd);
     this.writeDomainArea(hd);
     this.xs.introduce(domid, built.storeMfn, built.storeEvtchn);
@@ -372,27 +403,86 @@ export class Host {
   /** xl's monitor: a domain that shut down gets the action its config names. */
   private onReleaseDomain(): void {
     for (const hd of [...this.domains.values()]) {
-      const info = this.tryInfo(hd.domid);
-      if (!info || (info.flags & DOMINF.shutdown) === 0) continue;
-      const reason = dominfShutdownCode(info.flags);
-      const action =
-        reason === SHUTDOWN.poweroff
-          ? hd.cfg.onPoweroff
-          : reason === SHUTDOWN.reboot
-            ? hd.cfg.onReboot
-            : reason === SHUTDOWN.crash
-              ? hd.cfg.onCrash
-              : "preserve";
-      this.note(`Domain ${hd.domid} has shut down, reason code ${reason} 0x${reason.toString(16)}`);
-      this.note(`Action for shutdown reason code ${reason} is ${action}`);
-      if (action === "preserve" || action === "soft-reset") continue;
-      this.note(`Domain ${hd.domid} needs to be cleaned up: destroying the domain`);
-      this.destroy(hd.domid);
-      if (action.endsWith("restart")) {
-        const again = this.create({ ...hd.cfg, uuid: hd.uuid });
-        this.note(`Done. Rebooting now: ${hd.cfg.name} is domain ${again.domid}`);
+      try {
+        this.monitor(hd);
+      } catch (e) {
+        // The monitor runs from a watch: whatever fails here must not take the host with it.
+        this.note(`Domain ${hd.domid}: handling its shutdown failed: ${(e as Error).message}`);
       }
     }
+  }
+
+  private monitor(hd: HostDomain): void {
+    const info = this.tryInfo(hd.domid);
+    if (!info || (info.flags & DOMINF.shutdown) === 0 || hd.handled) return;
+    hd.handled = true;
+    const reason = dominfShutdownCode(info.flags);
+    let action = actionFor(hd.cfg, reason);
+    this.note(`Domain ${hd.domid} has shut down, reason code ${reason} 0x${reason.toString(16)}`);
+    if (reason === SHUTDOWN.crash && !this.hasConnected(hd.domid)) {
+      // A kernel that dies before it reaches xenstore would die again: create reports it instead.
+      hd.bootFailure = this.crashReason(hd);
+      this.note(`Domain ${hd.domid} crashed during boot: ${hd.bootFailure}`);
+      if (action !== "preserve") action = "destroy";
+    }
+    const fast = this.now() - hd.createdNs < FAST_CRASH_NS;
+    const streak = fast ? hd.fastRestarts + 1 : 0;
+    if (action.endsWith("restart") && streak > MAX_FAST_RESTARTS) {
+      this.note(`Domain ${hd.domid} (${hd.cfg.name}) has shut down ${streak} times in a row within ${FAST_CRASH_NS / 1e9} s of starting: not restarting it again; preserving it`);
+      action = "preserve";
+    }
+    this.note(`Action for shutdown reason code ${reason} is ${action}`);
+    if (action === "preserve" || action === "soft-reset") return;
+    this.note(`Domain ${hd.domid} needs to be cleaned up: destroying the domain`);
+    this.destroy(hd.domid);
+    if (!action.endsWith("restart")) return;
+    // xl waits before it builds the domain again (the sleep(2) in create_domain's restart path).
+    this.after(RESTART_DELAY_NS, () => {
+      try {
+        const again = this.create({ ...hd.cfg, uuid: hd.uuid }, { fastRestarts: streak });
+        this.note(`Done. Rebooting now: ${hd.cfg.name} is domain ${again.domid}`);
+      } catch (e) {
+        this.note(`Restarting ${hd.cfg.name} failed: ${(e as Error).message}`);
+      }
+    });
+  }
+
+  /** Whether a domain's kernel came as far as xenstore (its xenbus writes control/feature-*). */
+  hasConnected(domid: number): boolean {
+    return this.xs.tryRead(`/local/domain/${domid}/control/feature-poweroff`) === "1";
+  }
+
+  /**
+   * Where a domain is in its boot: up once its kernel reached xenstore, failed if it crashed (or
+   * vanished) before that, with the reason.
+   */
+  bootOutcome(hd: HostDomain): { state: "booting" | "up" } | { state: "failed"; why: string } {
+    const domid = hd.domid;
+    if (hd.bootFailure !== undefined) return { state: "failed", why: hd.bootFailure };
+    if (!this.domains.has(domid)) return { state: "failed", why: "the domain was destroyed" };
+    const info = this.tryInfo(domid);
+    if (!info) return { state: "failed", why: "the domain is gone" };
+    if (this.hasConnected(domid)) return { state: "up" };
+    if (info.flags & DOMINF.shutdown) return { state: "failed", why: `it shut down (reason code ${dominfShutdownCode(info.flags)}) before it came up` };
+    return { state: "booting" };
+  }
+
+  /** Why a domain crashed: its kernel's last panic or oops on its console, else Xen's word. */
+  private crashReason(hd: HostDomain): string {
+    const lines = hd.console.text.split("\n").reverse();
+    const panic = lines.find((l) => /Kernel panic|BUG:|Oops/.test(l));
+    if (panic) return panic.replace(/^\[[ \d.]+\] /, "");
+    const ring = this.xc.readconsole(false);
+    if (typeof ring !== "number") {
+      const xen = ring.reverse().find((l) => l.text.startsWith(`Domain ${hd.domid} (`) && l.text.includes("crashed"));
+      if (xen) return `(XEN) ${xen.text}`;
+    }
+    return "it crashed (no message)";
+  }
+
+  /** Runs `fn` after `ns` of virtual time, from the host's own timers. */
+  private after(ns: number, fn: () => void): void {
+    this.timers.push({ at: this.now() + ns, fn, id: this.nextTimerId++ });
   }
 
   private note(text: string): void {

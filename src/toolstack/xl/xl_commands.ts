@@ -10,6 +10,9 @@ import { allDomainInfo, hostInfo } from "./host_info.ts";
 
 export type XlReply = Record<string, unknown>;
 
+/** How long (virtual) create waits for a new domain's kernel to reach xenstore. */
+const BOOT_WAIT_NS = 10e9;
+
 /** What a handler gets: the request, and the means to answer it now or later. */
 export interface XlRequest {
   host: Host;
@@ -33,8 +36,25 @@ export function requestDomid(r: XlRequest): number {
 export const XL_COMMANDS: Record<string, XlHandler> = {
   create(r) {
     const cfg = parseGuestConfig(String(r.req["config"] ?? ""), String(r.req["file"] ?? "config"));
-    const hd = r.host.create(cfg, { paused: r.req["paused"] === true });
-    r.reply({ ok: true, domid: hd.domid, name: cfg.name, warnings: cfg.warnings });
+    const paused = r.req["paused"] === true;
+    const hd = r.host.create(cfg, { paused });
+    const created = { ok: true, domid: hd.domid, name: cfg.name, warnings: cfg.warnings };
+    if (paused) {
+      r.reply(created);
+      return;
+    }
+    // Unlike xl, create answers once the kernel is up, so a kernel that dies at boot fails it.
+    const deadline = r.host.now() + BOOT_WAIT_NS;
+    r.waitFor(
+      () => r.host.bootOutcome(hd).state !== "booting" || r.host.now() >= deadline,
+      () => {
+        const o = r.host.bootOutcome(hd);
+        if (o.state === "failed") r.reply({ ok: false, error: `domain ${hd.domid} (${cfg.name}) did not boot: ${o.why}` });
+        else if (o.state === "booting") {
+          r.reply({ ...created, warnings: [...cfg.warnings, `domain ${hd.domid} has not reached xenstore after ${BOOT_WAIT_NS / 1e9} s; it may still be booting`] });
+        } else r.reply(created);
+      },
+    );
   },
 
   list(r) {
