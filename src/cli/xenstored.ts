@@ -7,6 +7,7 @@ import { type Command, InvalidArgumentError } from "commander";
 import { Xenstored } from "../toolstack/xenstored/daemon.ts";
 import { HARD_QUOTAS, SOFT_QUOTAS, type XsQuotas } from "../toolstack/xenstored/quotas.ts";
 import { listenXenstored } from "../toolstack/xenstored/socket.ts";
+import { SocketInUseError } from "../util/unix_socket.ts";
 
 interface XenstoredCliOptions {
   socket: string;
@@ -47,7 +48,11 @@ export async function runXenstored(opts: XenstoredCliOptions): Promise<void> {
     ...(opts.traceFile === undefined ? {} : { traceFile: opts.traceFile }),
     log: opts.verbose ? (line) => process.stderr.write(`xenstored: ${line}\n`) : () => {},
   });
-  const server = await listenXenstored(daemon, opts.socket);
+  // Another daemon answering on the socket keeps it: taking it over would orphan that daemon.
+  const server = await listenXenstored(daemon, opts.socket).catch((e: unknown) => {
+    daemon.shutdown();
+    throw e instanceof SocketInUseError ? new Error(`xenstored is already running on ${opts.socket}`) : e;
+  });
   process.stdout.write(`xenstored listening on ${opts.socket}\n`);
   let stopping = false;
   const stop = (): void => {
@@ -66,7 +71,7 @@ export function registerXenstored(program: Command): void {
   program
     .command("xenstored")
     .description("run the xenstore daemon alone on a unix socket (clients are dom0)")
-    .requiredOption("--socket <path>", "the unix socket to listen on (a stale one is replaced)")
+    .requiredOption("--socket <path>", "the unix socket to listen on (a stale one is replaced; a live one is refused)")
     .option("--quota <what=n>", `set a quota, as C xenstored's -Q (repeatable): ${HARD_QUOTAS.map((q) => q.name).join(", ")}`, quotaOption(HARD_QUOTAS), [])
     .option("--quota-soft <what=n>", "set a soft quota (repeatable): memory", quotaOption(SOFT_QUOTAS), [])
     .option("--trace-file <file>", "log every message in and out, as C xenstored's -T")

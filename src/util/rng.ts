@@ -52,3 +52,24 @@ export class Rng {
 function rotl(x: number, k: number): number {
   return ((x << k) | (x >>> (32 - k))) >>> 0;
 }
+
+/**
+ * Seeds are what the generator tells apart: it is seeded from 32 bits, so a seed is an integer
+ * 0..2^32-1. Anything else is refused rather than reduced, so that no two seeds name one run.
+ */
+export const MAX_SEED = 0xffffffff;
+
+export function isSeed(n: number): boolean {
+  return Number.isInteger(n) && n >= 0 && n <= MAX_SEED;
+}
+
+/**
+ * A seed written in decimal, read exactly: "4294967297" is refused, not run as seed 1, and
+ * nothing goes through a float that could round it. `min` is the smallest accepted (1 for
+ * counts such as --seeds). Throws RangeError with a one-line message.
+ */
+export function parseSeed(text: string, min = 0): number {
+  const n = /^[0-9]{1,10}$/.test(text) ? Number(text) : Number.NaN;
+  if (!isSeed(n) || n < min) throw new RangeError(`must be an integer ${min}..${MAX_SEED} (seeds are 32-bit)`);
+  return n;
+}

@@ -2,8 +2,9 @@
 // written in batches, one socket write per batch; a client that stops reading is not read from
 // either once its unsent output passes the daemon's backlog bound.
 
-import { chmodSync, lstatSync, unlinkSync } from "node:fs";
+import { chmodSync } from "node:fs";
 import { createServer, type Server, type Socket } from "node:net";
+import { listenUnix } from "../../util/unix_socket.ts";
 import type { Xenstored, XsConnection, XsTransport } from "./daemon.ts";
 
 /** Bytes Node may hold for a socket before the daemon keeps output queued itself. */
@@ -45,31 +46,15 @@ export function serveSocket(daemon: Xenstored, sock: Socket): XsConnection {
   return conn;
 }
 
-/** Removes a stale socket left by an earlier daemon; refuses to remove anything else. */
-function removeStaleSocket(path: string): void {
-  let st: ReturnType<typeof lstatSync>;
-  try {
-    st = lstatSync(path);
-  } catch {
-    return;
-  }
-  if (!st.isSocket()) throw new Error(`${path} exists and is not a socket`);
-  unlinkSync(path);
-}
-
-/** Listens on `path` (mode 0600, as C xenstored makes its socket). */
+/**
+ * Listens on `path` (mode 0600, as C xenstored makes its socket). A socket another daemon answers
+ * on is refused (SocketInUseError); a stale one is replaced.
+ */
 export async function listenXenstored(daemon: Xenstored, path: string): Promise<Server> {
-  removeStaleSocket(path);
   const server = createServer((sock) => {
     serveSocket(daemon, sock);
   });
-  await new Promise<void>((resolve, reject) => {
-    server.once("error", reject);
-    server.listen(path, () => {
-      server.off("error", reject);
-      resolve();
-    });
-  });
+  await listenUnix(server, path);
   chmodSync(path, 0o600);
   return server;
 }
