@@ -904,6 +904,13 @@ const DOMCTL_STRUCTS: ReadonlyArray<readonly [string, Readonly<Record<string, nu
   ["XEN_SYSCTL_DEBUG_KEYS", DC.XEN_SYSCTL_DEBUG_KEYS, "struct xen_sysctl_debug_keys"],
   ["XEN_SYSCTL_GETDOMAININFOLIST", DC.XEN_SYSCTL_GETDOMAININFOLIST, "struct xen_sysctl_getdomaininfolist"],
   ["XEN_SYSCTL_PHYSINFO", DC.XEN_SYSCTL_PHYSINFO, "struct xen_sysctl_physinfo"],
+  ["XEN_DOMCTL_SCHED_CREDIT", DC.XEN_DOMCTL_SCHED_CREDIT, "struct xen_domctl_sched_credit"],
+  ["XEN_DOMCTL_SCHEDULER_OP", DC.XEN_DOMCTL_SCHEDULER_OP, "struct xen_domctl_scheduler_op"],
+  ["XENCTL_BITMAP", DC.XENCTL_BITMAP, "struct xenctl_bitmap"],
+  ["XEN_DOMCTL_VCPUAFFINITY", DC.XEN_DOMCTL_VCPUAFFINITY, "struct xen_domctl_vcpuaffinity"],
+  ["XEN_SYSCTL_CREDIT_SCHEDULE", DC.XEN_SYSCTL_CREDIT_SCHEDULE, "struct xen_sysctl_credit_schedule"],
+  ["XEN_SYSCTL_SCHEDULER_OP", DC.XEN_SYSCTL_SCHEDULER_OP, "struct xen_sysctl_scheduler_op"],
+  ["XEN_SYSCTL_SCHED_ID", DC.XEN_SYSCTL_SCHED_ID, "struct xen_sysctl_sched_id"],
 ];
 
 /** Members of the array kind: the number of entries as the headers declare them. */
@@ -957,6 +964,15 @@ const TOOLS_GROUPS: ReadonlyArray<{ title: string; unit: "x64" | "i386"; checks:
       ...toolsPrefixed("XEN_DOMCTL_CDF", DC.XEN_DOMCTL_CDF, "XEN_DOMCTL_CDF_"),
       ...toolsPrefixed("PFINFO", DC.PFINFO, "XEN_DOMCTL_PFINFO_"),
       ...toolsPrefixed("XEN_SYSCTL_PHYSCAP", DC.XEN_SYSCTL_PHYSCAP, "XEN_SYSCTL_PHYSCAP_"),
+      ...toolsPrefixed("XEN_SCHEDULER", DC.XEN_SCHEDULER, "XEN_SCHEDULER_"),
+      ...toolsPrefixed("XEN_DOMCTL_SCHEDOP", DC.XEN_DOMCTL_SCHEDOP, "XEN_DOMCTL_SCHEDOP_"),
+      ...toolsPrefixed("XEN_SYSCTL_SCHEDOP", DC.XEN_SYSCTL_SCHEDOP, "XEN_SYSCTL_SCHEDOP_"),
+      ...toolsPrefixed("XEN_VCPUAFFINITY", DC.XEN_VCPUAFFINITY, "XEN_VCPUAFFINITY_"),
+      ["XEN_SYSCTL_CSCHED_TSLICE_MAX", DC.XEN_SYSCTL_CSCHED_TSLICE_MAX, "XEN_SYSCTL_CSCHED_TSLICE_MAX"],
+      ["XEN_SYSCTL_CSCHED_TSLICE_MIN", DC.XEN_SYSCTL_CSCHED_TSLICE_MIN, "XEN_SYSCTL_CSCHED_TSLICE_MIN"],
+      ["XEN_SYSCTL_SCHED_RATELIMIT_MAX", DC.XEN_SYSCTL_SCHED_RATELIMIT_MAX, "XEN_SYSCTL_SCHED_RATELIMIT_MAX"],
+      ["XEN_SYSCTL_SCHED_RATELIMIT_MIN", DC.XEN_SYSCTL_SCHED_RATELIMIT_MIN, "XEN_SYSCTL_SCHED_RATELIMIT_MIN"],
+      ["XEN_SYSCTL_CSCHED_MGR_DLY_MAX_US", DC.XEN_SYSCTL_CSCHED_MGR_DLY_MAX_US, "XEN_SYSCTL_CSCHED_MGR_DLY_MAX_US"],
     ],
   },
   {

@@ -415,3 +415,37 @@ export function decodeTscInfo(bytes: Uint8Array): DomctlTscInfo {
     elapsedNsec: getU64(dv, TSC.elapsed_nsec),
   };
 }
+
+// ---- scheduling: XEN_DOMCTL_scheduler_op, vCPU affinity, XEN_SYSCTL_scheduler_op ---------------
+
+/** XEN_SCHEDULER_*: xen_domctl_scheduler_op.sched_id, and what XEN_SYSCTL_sched_id answers. */
+export const XEN_SCHEDULER = { CREDIT: 5, CREDIT2: 6, ARINC653: 7, RTDS: 8, NULL: 9 } as const;
+/** XEN_DOMCTL_SCHEDOP_*: xen_domctl_scheduler_op.cmd. */
+export const XEN_DOMCTL_SCHEDOP = { putinfo: 0, getinfo: 1, putvcpuinfo: 2, getvcpuinfo: 3 } as const;
+/** XEN_SYSCTL_SCHEDOP_*: xen_sysctl_scheduler_op.cmd. */
+export const XEN_SYSCTL_SCHEDOP = { putinfo: 0, getinfo: 1 } as const;
+/** XEN_VCPUAFFINITY_*: xen_domctl_vcpuaffinity.flags. */
+export const XEN_VCPUAFFINITY = { HARD: 1 << 0, SOFT: 1 << 1, FORCE: 1 << 2 } as const;
+/** The credit scheduler's time slice bounds (ms), XEN_SYSCTL_CSCHED_TSLICE_MAX/MIN. */
+export const XEN_SYSCTL_CSCHED_TSLICE_MAX = 1000;
+export const XEN_SYSCTL_CSCHED_TSLICE_MIN = 1;
+/** Context-switch rate limit bounds (us), XEN_SYSCTL_SCHED_RATELIMIT_MAX/MIN; 0 switches it off. */
+export const XEN_SYSCTL_SCHED_RATELIMIT_MAX = 500000;
+export const XEN_SYSCTL_SCHED_RATELIMIT_MIN = 100;
+/** The longest vCPU migration delay (us), XEN_SYSCTL_CSCHED_MGR_DLY_MAX_US. */
+export const XEN_SYSCTL_CSCHED_MGR_DLY_MAX_US = 100 * 1000;
+
+/** struct xen_domctl_sched_credit (also credit2's). */
+export const XEN_DOMCTL_SCHED_CREDIT = { size: 4, weight: 0, cap: 2 } as const;
+/** struct xen_domctl_scheduler_op: the union holds credit's, credit2's, rtds' or per-vCPU params. */
+export const XEN_DOMCTL_SCHEDULER_OP = { size: 24, sched_id: 0, cmd: 4, u: 8 } as const;
+/** struct xenctl_bitmap: a 64-bit handle to the bytes and their number of bits. */
+export const XENCTL_BITMAP = { size: 16, bitmap: 0, nr_bits: 8 } as const;
+/** struct xen_domctl_vcpuaffinity. */
+export const XEN_DOMCTL_VCPUAFFINITY = { size: 40, vcpu: 0, flags: 4, cpumap_hard: 8, cpumap_soft: 24 } as const;
+/** struct xen_sysctl_credit_schedule. */
+export const XEN_SYSCTL_CREDIT_SCHEDULE = { size: 12, tslice_ms: 0, ratelimit_us: 4, vcpu_migr_delay_us: 8 } as const;
+/** struct xen_sysctl_scheduler_op: the union (arinc653's handle makes it 8-aligned). */
+export const XEN_SYSCTL_SCHEDULER_OP = { size: 32, cpupool_id: 0, sched_id: 4, cmd: 8, u: 16 } as const;
+/** struct xen_sysctl_sched_id. */
+export const XEN_SYSCTL_SCHED_ID = { size: 4, sched_id: 0 } as const;

@@ -6,6 +6,7 @@ import { fileURLToPath } from "node:url";
 import type { Command } from "commander";
 import type { BenchRow } from "../bench/common.ts";
 import { benchEvents, EVENT_CASES } from "../bench/events.ts";
+import { benchHost, HOST_CASES, HOST_NOTES } from "../bench/host.ts";
 import { benchMmu, MMU_CASES, MMU_NOTES } from "../bench/mmu.ts";
 import { benchXenstore, XENSTORE_CASES, XENSTORE_NOTES } from "../bench/xenstore.ts";
 
@@ -40,6 +41,13 @@ const SUITES: Suite[] = [
     cases: XENSTORE_CASES,
     run: (name, ms) => benchXenstore(name, ms),
     notes: XENSTORE_NOTES,
+  },
+  {
+    name: "host",
+    description: "a host's responsiveness: xenstore read and xl list latency with 1, 4 and 20 busy guests beside idle (credit and interleave)",
+    cases: HOST_CASES,
+    run: (name, ms) => benchHost(name, ms),
+    notes: HOST_NOTES,
   },
 ];
 

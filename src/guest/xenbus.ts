@@ -115,7 +115,8 @@ export class XenBus {
   }
 
   transactionStart(cpu: GuestCpu, done: (cpu: GuestCpu, err: string | undefined, tx: number) => void): void {
-    this.request(cpu, XS.TRANSACTION_START, XBT_NIL, [""], (c, err, p) => done(c, err, err ? 0 : Number(xsText(p))));
+    // xenstored answers "%u\0": the id ends at the NUL, as simple_strtoul reads it.
+    this.request(cpu, XS.TRANSACTION_START, XBT_NIL, [""], (c, err, p) => done(c, err, err ? 0 : Number.parseInt(xsText(p), 10)));
   }
 
   /** Ends `tx`: commits unless `abort`. EAGAIN means another writer got there first: retry. */

@@ -14,7 +14,7 @@ export function bootMachine(params: HostParams, onBoot: (hv: Hypervisor) => void
     const hv = new Hypervisor({
       nrFrames: (params.machineMiB * 1024 * 1024) / 4096,
       firstDomid: 0,
-      sched: { nrPcpus: params.pcpus, seed: params.seed },
+      sched: { nrPcpus: params.pcpus, seed: params.seed, kind: params.sched ?? "credit" },
     });
     onBoot(hv);
     const xen = openPrivcmd(hv, DOMID_XEN);

@@ -16,6 +16,7 @@ import { auditMm } from "./audit_mm.ts";
 import { auditEvtchn } from "./audit.ts";
 import { buildDomain, type DomainSpec, setCmdline } from "../toolstack/libxc/builder.ts";
 import { cfgNumber, cfgString, cfgStringList, parseXlCfg, type XlConfig, XlCfgError } from "../toolstack/libxl/xlcfg.ts";
+import { isSeed, MAX_SEED } from "../util/rng.ts";
 
 export interface ScenarioDomain {
   spec: DomainSpec;
@@ -43,10 +44,41 @@ export interface Scenario {
   runMs: number;
   drainMs: number;
   auditEverySteps: number;
+  /** The scheduler: the seeded interleaver (default: it explores races) or Xen's credit. */
+  sched?: "interleave" | "credit";
   domains: ScenarioDomain[];
+  /** What parses but will not all happen as written (see "Mistakes" in the README). */
+  warnings: string[];
 }
 
 export class ScenarioError extends Error {}
+
+/** The keys a scenario file takes at the top level. */
+const SCENARIO_KEYS = ["name", "description", "pcpus", "run_ms", "drain_ms", "audit_every", "sched", "domain"];
+
+/** The keys of a domain's 'key=value,...' entry. */
+const DOMAIN_KEYS = [
+  "name",
+  "memory",
+  "vcpus",
+  "max_event_channels",
+  "guest_width",
+  "evtchn_abi",
+  "ipi_pingpong",
+  "pingpong_with",
+  "pingpong_rounds",
+  "fanin_to",
+  "fanin_ports",
+  "fanin_flood",
+  "fanin_lateeoi",
+  "forkexec",
+  "mmapstress",
+  "ipistorm",
+  "tlb_flush",
+];
+
+/** Keys that only an xl guest config (xl.cfg(5), as `create` takes) has at its top level. */
+const GUEST_CFG_KEYS = ["type", "builder", "memory", "maxmem", "vcpus", "maxvcpus", "kernel", "extra", "cmdline", "workload", "on_poweroff", "on_reboot", "on_crash"];
 
 /** Reads a scenario file; every mistake is a ScenarioError naming the file and the key. */
 export function loadScenario(path: string): Scenario {
@@ -72,6 +104,17 @@ export function parseScenario(text: string, file: string): Scenario {
     if (!Number.isFinite(v) || v < min || v > max) throw new ScenarioError(`${file}: ${key} must be ${min}..${max}, not ${v}`);
     return v;
   };
+  const keys = [...cfg.entries.keys()];
+  if (!cfg.entries.has("domain") && keys.some((k) => GUEST_CFG_KEYS.includes(k))) {
+    throw new ScenarioError(
+      `${file}: this is an xl guest config (for \`xensim -H DIR create ${file}\`), not a scenario: a scenario lists its domains as domain = [ 'name=a,memory=32,vcpus=2,...', ... ] (see examples/pingpong.cfg)`,
+    );
+  }
+  for (const k of keys) {
+    if (SCENARIO_KEYS.includes(k)) continue;
+    const hint = DOMAIN_KEYS.includes(k) ? "; a domain's settings go in its domain = [ ... ] entry" : "";
+    throw new ScenarioError(`${file}: unknown key '${k}' (a scenario takes ${SCENARIO_KEYS.join(", ")}${hint})`);
+  }
   const specs = cfgStringList(cfg, "domain");
   if (!specs || specs.length === 0) throw new ScenarioError(`${file}: no domain = [ ... ] entries`);
   const domains = specs.map((s, i) => parseDomainSpec(s, `${file}: domain ${i + 1}`));
@@ -85,6 +128,9 @@ export function parseScenario(text: string, file: string): Scenario {
       if (peer !== undefined && !names.has(peer)) throw new ScenarioError(`${file}: ${d.spec.name} names unknown domain ${peer}`);
     }
   }
+  const warnings = checkWorkloadSettings(domains, file);
+  const sched = cfgString(cfg, "sched") ?? "interleave";
+  if (sched !== "interleave" && sched !== "credit") throw new ScenarioError(`${file}: sched must be "interleave" or "credit", not ${JSON.stringify(sched)}`);
   return {
     name: cfgString(cfg, "name") ?? basename(file).replace(/\.cfg$/, ""),
     description: cfgString(cfg, "description") ?? "",
@@ -92,8 +138,48 @@ export function parseScenario(text: string, file: string): Scenario {
     runMs: num("run_ms", 100, 1, 3_600_000),
     drainMs: num("drain_ms", 20, 0, 60_000),
     auditEverySteps: num("audit_every", 97, 0, 1e9),
+    sched,
     domains,
+    warnings,
   };
+}
+
+/**
+ * Settings that parse but would do nothing, or not what they say: an error when a setting would
+ * have no effect at all, a warning when part of it would (see "Mistakes" in the README).
+ */
+function checkWorkloadSettings(domains: readonly ScenarioDomain[], file: string): string[] {
+  const warnings: string[] = [];
+  const byName = new Map(domains.map((d) => [d.spec.name, d]));
+  const faninInto = new Map<string, string>();
+  for (const d of domains) {
+    const name = d.spec.name;
+    const fail = (what: string) => new ScenarioError(`${file}: ${name}: ${what}`);
+    const vcpus = d.spec.vcpus;
+    if (d.ipiPingpong > 0 && vcpus < 2) throw fail("ipi_pingpong needs at least 2 vCPUs (it bounces IPIs between CPU pairs (0,1), (2,3)...)");
+    if (d.ipiPingpong > 0 && vcpus % 2 === 1) {
+      warnings.push(`${file}: ${name}: ipi_pingpong pairs CPUs (0,1), (2,3)...: CPU${vcpus - 1} of its ${vcpus} vCPUs has no partner and takes no part`);
+    }
+    if (d.pingpongWith === name) throw fail("pingpong_with names the domain itself; a ping-pong is between two domains");
+    if (d.pingpongWith !== undefined) {
+      const peer = byName.get(d.pingpongWith)!;
+      if (peer.pingpongWith !== name) {
+        const has = peer.pingpongWith === undefined ? "has no pingpong_with" : `has pingpong_with=${peer.pingpongWith}`;
+        throw fail(`pingpong_with=${peer.spec.name}, but ${peer.spec.name} ${has}; the two domains of a ping-pong name each other`);
+      }
+    } else if (d.pingpongRounds > 0) throw fail("pingpong_rounds without pingpong_with");
+    if (d.faninTo === name) throw fail("fanin_to names the domain itself; a fan-in goes into another domain");
+    if (d.faninTo !== undefined) {
+      if (d.faninPorts === 0) throw fail("fanin_to needs fanin_ports=K, K >= 1");
+      const other = faninInto.get(d.faninTo);
+      if (other !== undefined) throw fail(`${other} already fans into ${d.faninTo}; a domain takes one fan-in`);
+      faninInto.set(d.faninTo, name);
+    } else if (d.faninPorts > 0 || d.faninFlood) throw fail("fanin_ports and fanin_flood need fanin_to");
+  }
+  for (const d of domains) {
+    if (d.faninLateeoi && !faninInto.has(d.spec.name)) throw new ScenarioError(`${file}: ${d.spec.name}: fanin_lateeoi, but no domain fans into it`);
+  }
+  return warnings;
 }
 
 /** One domain: 'name=a,memory=64,vcpus=4,...', the way xl writes vif and disk specs. */
@@ -106,26 +192,7 @@ function parseDomainSpec(s: string, where: string): ScenarioDomain {
     if (eq <= 0) throw new ScenarioError(`${where}: expected key=value, got '${t}'`);
     kv.set(t.slice(0, eq).trim(), t.slice(eq + 1).trim());
   }
-  const known = [
-    "name",
-    "memory",
-    "vcpus",
-    "max_event_channels",
-    "guest_width",
-    "evtchn_abi",
-    "ipi_pingpong",
-    "pingpong_with",
-    "pingpong_rounds",
-    "fanin_to",
-    "fanin_ports",
-    "fanin_flood",
-    "fanin_lateeoi",
-    "forkexec",
-    "mmapstress",
-    "ipistorm",
-    "tlb_flush",
-  ];
-  for (const key of kv.keys()) if (!known.includes(key)) throw new ScenarioError(`${where}: unknown key '${key}'`);
+  for (const key of kv.keys()) if (!DOMAIN_KEYS.includes(key)) throw new ScenarioError(`${where}: unknown key '${key}'`);
   const int = (key: string, dflt: number, min: number, max: number) => {
     const raw = kv.get(key);
     const v = raw === undefined ? dflt : Number(raw);
@@ -185,8 +252,10 @@ export interface RunParams {
 
 /** Builds and starts the machine `sc` describes, under `seed`. */
 export function buildMachine(sc: Scenario, seed: number, params: RunParams = {}): Machine {
+  // A seed the generator would reduce would run another seed's machine under this one's name.
+  if (!isSeed(seed)) throw new ScenarioError(`seed ${seed}: seeds are integers 0..${MAX_SEED}`);
   const frames = sc.domains.reduce((n, d) => n + d.spec.memoryMiB * 256 + 8, 0) + 1024;
-  const hv = new Hypervisor({ nrFrames: frames, firstDomid: 1, sched: { nrPcpus: sc.pcpus, seed } });
+  const hv = new Hypervisor({ nrFrames: frames, firstDomid: 1, sched: { nrPcpus: sc.pcpus, seed, kind: sc.sched ?? "interleave" } });
   // No dom0 here: the runner plays the toolstack, with Xen's own authority.
   const xc = openPrivcmd(hv, DOMID_XEN);
   const kernels = new Map<number, XenLinux>();

@@ -15,7 +15,16 @@ import {
   type DomctlTscInfo,
   encodeGetdomaininfo,
   PFINFO,
+  XEN_DOMCTL_SCHEDOP,
   XEN_INVALID_MAX_VCPU_ID,
+  XEN_SCHEDULER,
+  XEN_SYSCTL_CSCHED_MGR_DLY_MAX_US,
+  XEN_SYSCTL_CSCHED_TSLICE_MAX,
+  XEN_SYSCTL_CSCHED_TSLICE_MIN,
+  XEN_SYSCTL_SCHED_RATELIMIT_MAX,
+  XEN_SYSCTL_SCHED_RATELIMIT_MIN,
+  XEN_SYSCTL_SCHEDOP,
+  XEN_VCPUAFFINITY,
   type XenDomctlGetdomaininfo,
 } from "../abi/domctl.ts";
 import { DOMID_FIRST_RESERVED, NR_VIRQS, virqIsPerVcpu, XEN_ERRNO as E } from "../abi/xen.ts";
@@ -24,10 +33,36 @@ import { evtchnAllocUnbound } from "./evtchn.ts";
 import type { ConsoleLine, Hypervisor } from "./hypervisor.ts";
 import { handleDebugKeys } from "./keyhandler.ts";
 import { PGT, PGT_TYPE_MASK } from "./page_info.ts";
+import { CreditScheduler } from "./sched_credit.ts";
 import { archGetInfoGuest, archSetInfoGuest, archVcpuReset } from "./vcpu_context.ts";
 
 /** The caller that stands for Xen itself (DOMID_XEN): at boot it builds dom0 with these operations. */
 export const DOMID_XEN = 0x7ff2;
+
+/**
+ * What XEN_SYSCTL_sched_id answers on a machine run by the seeded interleaving scheduler, which
+ * Xen does not have (the credit scheduler answers XEN_SCHEDULER_CREDIT).
+ */
+export const XENSIM_SCHEDULER_INTERLEAVE = 0x78;
+
+/** xen_domctl_sched_credit. */
+export interface SchedCredit {
+  weight: number;
+  cap: number;
+}
+
+/** xen_sysctl_credit_schedule. */
+export interface SchedCreditParams {
+  tsliceMs: number;
+  ratelimitUs: number;
+  vcpuMigrDelayUs: number;
+}
+
+/** The effective masks XEN_DOMCTL_{set,get}vcpuaffinity hand back (xenctl_bitmap bytes). */
+export interface VcpuAffinity {
+  hard: Uint8Array;
+  soft: Uint8Array;
+}
 
 
 
@@ -221,7 +256,7 @@ export class Privcmd {
     if (!Number.isInteger(vcpu) || vcpu < 0 || vcpu >= d.maxVcpus) return -E.EINVAL;
     const v = d.vcpus[vcpu];
     if (!v) return -E.ESRCH;
-    return { online: !v.down, blocked: v.blocked, running: v.pcpu >= 0 && !v.blocked && !v.down, cpuTime: this.runningNs(v), cpu: Math.max(v.pcpu, 0) };
+    return { online: !v.down, blocked: v.blocked, running: v.running, cpuTime: this.runningNs(v), cpu: Math.max(v.pcpu, 0) };
   }
 
   /**
@@ -338,6 +373,78 @@ export class Privcmd {
     return 0;
   }
 
+  /**
+   * XEN_DOMCTL_scheduler_op (sched_adjust): `schedId` must be the running scheduler's. Credit's
+   * getinfo answers the weight and cap; putinfo sets them, a weight of 0 and a cap of 0xffff
+   * leaving that one as it is (the ranges xl enforces are libxl's, not Xen's). The per-vCPU
+   * commands are credit2's and RTDS's: -EINVAL here. The struct's members are uint16: a value
+   * that does not fit is -EINVAL (marshalling it would have truncated it).
+   */
+  scheduler_op(domid: number, schedId: number, cmd: number, credit: SchedCredit = { weight: 0, cap: 0 }): SchedCredit | number {
+    const d = this.target(domid);
+    if (typeof d === "number") return d;
+    const sched = this.hv.sched;
+    if (schedId !== this.schedId()) return -E.EINVAL;
+    if (cmd !== XEN_DOMCTL_SCHEDOP.putinfo && cmd !== XEN_DOMCTL_SCHEDOP.getinfo && cmd !== XEN_DOMCTL_SCHEDOP.putvcpuinfo && cmd !== XEN_DOMCTL_SCHEDOP.getvcpuinfo) {
+      return -E.EINVAL;
+    }
+    if (!(sched instanceof CreditScheduler)) return -E.EINVAL;
+    if (cmd === XEN_DOMCTL_SCHEDOP.getinfo) return sched.domainParams(d);
+    if (cmd !== XEN_DOMCTL_SCHEDOP.putinfo) return -E.EINVAL;
+    if (!isU16(credit.weight) || !isU16(credit.cap)) return -E.EINVAL;
+    sched.setDomainParams(d, credit.weight, credit.cap);
+    return sched.domainParams(d);
+  }
+
+  /**
+   * XEN_DOMCTL_setvcpuaffinity (vcpu_affinity_domctl): `hard`/`soft` are xenctl_bitmap bytes
+   * (bit n = pCPU n), given for the flags that name them. A hard affinity without an online
+   * pCPU is -EINVAL. Returns the effective masks: hard intersected with the online pCPUs, soft
+   * with both.
+   */
+  setvcpuaffinity(domid: number, vcpu: number, flags: number, hard: Uint8Array | null, soft: Uint8Array | null): VcpuAffinity | number {
+    const v = this.affinityTarget(domid, vcpu, flags, hard, soft);
+    if (typeof v === "number") return v;
+    const n = this.hv.sched.pcpus.length;
+    const bytes = Math.max(hard?.length ?? 0, soft?.length ?? 0, Math.ceil(n / 8));
+    if (flags & XEN_VCPUAFFINITY.HARD) {
+      const mask = bitmapToMask(hard!, n);
+      if (!mask.includes(1)) return -E.EINVAL;
+      v.hardAffinity = mask.every((b) => b === 1) ? null : mask;
+      this.hv.sched.affinityChanged(v);
+    }
+    if (flags & XEN_VCPUAFFINITY.SOFT) {
+      const mask = bitmapToMask(soft!, n);
+      v.softAffinity = mask.every((b) => b === 1) ? null : mask;
+    }
+    const online = (m: Uint8Array | null) => m ?? new Uint8Array(n).fill(1);
+    const hardEff = online(v.hardAffinity);
+    const softEff = online(v.softAffinity).map((b, i) => b & hardEff[i]!);
+    return { hard: maskToBitmap(hardEff, bytes), soft: maskToBitmap(softEff, bytes) };
+  }
+
+  /** XEN_DOMCTL_getvcpuaffinity: the masks as set (all pCPUs by default), `bytes` long. */
+  getvcpuaffinity(domid: number, vcpu: number, flags = XEN_VCPUAFFINITY.HARD | XEN_VCPUAFFINITY.SOFT, bytes?: number): VcpuAffinity | number {
+    const n = this.hv.sched.pcpus.length;
+    const len = bytes ?? Math.ceil(n / 8);
+    const handle = new Uint8Array(len);
+    const v = this.affinityTarget(domid, vcpu, flags, handle, handle);
+    if (typeof v === "number") return v;
+    const all = new Uint8Array(len * 8).fill(1);
+    return { hard: maskToBitmap(v.hardAffinity ?? all, len), soft: maskToBitmap(v.softAffinity ?? all, len) };
+  }
+
+  private affinityTarget(domid: number, vcpu: number, flags: number, hard: Uint8Array | null, soft: Uint8Array | null) {
+    const d = this.target(domid);
+    if (typeof d === "number") return d;
+    if (!Number.isInteger(vcpu) || vcpu < 0 || vcpu >= d.maxVcpus) return -E.EINVAL;
+    const v = d.vcpus[vcpu];
+    if (!v) return -E.ESRCH;
+    // vcpuaffinity_params_invalid: no flags, or a mask named by the flags but not given.
+    if (!isU32(flags) || flags === 0 || (flags & XEN_VCPUAFFINITY.HARD && hard === null) || (flags & XEN_VCPUAFFINITY.SOFT && soft === null)) return -E.EINVAL;
+    return v;
+  }
+
   // ---- memory and event-channel operations on another domain ----
 
   /** XENMEM_populate_physmap with domid = `domid`: one frame per gpfn; returns the mfns. */
@@ -431,6 +538,43 @@ export class Privcmd {
     return 0;
   }
 
+  /** XEN_SYSCTL_sched_id: the scheduler the machine runs. */
+  sched_id(): number {
+    const denied = this.checkCaller();
+    if (denied) return denied;
+    return this.schedId();
+  }
+
+  /**
+   * XEN_SYSCTL_scheduler_op for credit (csched_sys_cntl): getinfo answers the time slice, rate
+   * limit and migration delay; putinfo checks their ranges (-EINVAL), sets them, and answers
+   * them too. Only cpupool 0 exists (-ESRCH for others); another scheduler's id is -EINVAL.
+   */
+  sched_credit_params(cpupoolId: number, cmd: number, put?: SchedCreditParams): SchedCreditParams | number {
+    const denied = this.checkCaller();
+    if (denied) return denied;
+    if (cmd !== XEN_SYSCTL_SCHEDOP.putinfo && cmd !== XEN_SYSCTL_SCHEDOP.getinfo) return -E.EINVAL;
+    if (cpupoolId !== 0) return -E.ESRCH;
+    const sched = this.hv.sched;
+    if (!(sched instanceof CreditScheduler)) return -E.EINVAL;
+    if (cmd === XEN_SYSCTL_SCHEDOP.putinfo) {
+      const p = put ?? { tsliceMs: 0, ratelimitUs: 0, vcpuMigrDelayUs: 0 };
+      if (!isU32(p.tsliceMs) || !isU32(p.ratelimitUs) || !isU32(p.vcpuMigrDelayUs)) return -E.EINVAL;
+      if (
+        p.tsliceMs > XEN_SYSCTL_CSCHED_TSLICE_MAX ||
+        p.tsliceMs < XEN_SYSCTL_CSCHED_TSLICE_MIN ||
+        (p.ratelimitUs !== 0 && (p.ratelimitUs > XEN_SYSCTL_SCHED_RATELIMIT_MAX || p.ratelimitUs < XEN_SYSCTL_SCHED_RATELIMIT_MIN)) ||
+        p.ratelimitUs * 1000 > p.tsliceMs * 1_000_000 ||
+        p.vcpuMigrDelayUs > XEN_SYSCTL_CSCHED_MGR_DLY_MAX_US
+      ) {
+        return -E.EINVAL;
+      }
+      sched.setCreditParams({ tsliceMs: p.tsliceMs, ratelimitUs: p.ratelimitUs, migrDelayUs: p.vcpuMigrDelayUs });
+    }
+    const c = sched.creditParams;
+    return { tsliceMs: c.tsliceMs, ratelimitUs: c.ratelimitUs, vcpuMigrDelayUs: c.migrDelayUs };
+  }
+
   /** XEN_SYSCTL_physinfo. */
   physinfo(): PhysInfo | number {
     const denied = this.checkCaller();
@@ -493,8 +637,13 @@ export class Privcmd {
     };
   }
 
+  /** vcpu_runstate_get(v).time[RUNSTATE_running]: time on a pCPU only, up to now. */
   private runningNs(v: Domain["vcpus"][number]): number {
-    return v.runstateTime[RUNSTATE_RUNNING]! + (v.runstate === RUNSTATE_RUNNING ? this.hv.sched.now() - v.runstateEntry : 0);
+    return v.runstateTime[RUNSTATE_RUNNING]! + (v.runstate === RUNSTATE_RUNNING ? Math.max(0, this.hv.now(v) - v.runstateEntry) : 0);
+  }
+
+  private schedId(): number {
+    return this.hv.sched.kind === "credit" ? XEN_SCHEDULER.CREDIT : XENSIM_SCHEDULER_INTERLEAVE;
   }
 
   /** is_control_domain(current->domain), or Xen itself building dom0. */
@@ -516,6 +665,28 @@ export class Privcmd {
 /** Opens privcmd in domain `caller` (DOMID_XEN: Xen itself, for the dom0 it builds at boot). */
 export function openPrivcmd(hv: Hypervisor, caller: number): Privcmd {
   return new Privcmd(hv, caller);
+}
+
+function isU16(n: number): boolean {
+  return Number.isInteger(n) && n >= 0 && n <= 0xffff;
+}
+
+function isU32(n: number): boolean {
+  return Number.isInteger(n) && n >= 0 && n <= 0xffffffff;
+}
+
+/** xenctl_bitmap_to_bitmap: bit n of the bytes is pCPU n; bits past the machine's pCPUs are ignored. */
+function bitmapToMask(bytes: Uint8Array, nrPcpus: number): Uint8Array {
+  const mask = new Uint8Array(nrPcpus);
+  for (let c = 0; c < nrPcpus && c < bytes.length * 8; c++) mask[c] = (bytes[c >> 3]! >> (c & 7)) & 1;
+  return mask;
+}
+
+/** cpumask_to_xenctl_bitmap: `len` bytes, bit n set for each allowed pCPU n. */
+function maskToBitmap(mask: Uint8Array, len: number): Uint8Array {
+  const out = new Uint8Array(len);
+  for (let c = 0; c < mask.length && c < len * 8; c++) if (mask[c] === 1) out[c >> 3]! |= 1 << (c & 7);
+  return out;
 }
 
 const MAX_VIRT_CPUS = 8192;

@@ -142,7 +142,7 @@ export function doVcpuOp(hv: Hypervisor, v: Vcpu, cmd: number, vcpuId: number, a
       g.put32(v, arg + L.state, target.runstate);
       g.put64(v, arg + L.state_entry_time, target.runstateEntry);
       for (let i = 0; i < 4; i++) {
-        const extra = i === target.runstate ? now - target.runstateEntry : 0;
+        const extra = i === target.runstate ? Math.max(0, now - target.runstateEntry) : 0;
         g.put64(v, arg + L.time + 8 * i, (target.runstateTime[i] ?? 0) + extra);
       }
       return 0;

@@ -14,7 +14,8 @@ import { dispatchHypercall } from "./hypercall.ts";
 import { MachineMemory } from "./memory.ts";
 import { PvMm } from "./mm.ts";
 import { PGT } from "./page_info.ts";
-import { DEFAULT_SCHED, type SchedHost, type SchedParams, Scheduler } from "./sched.ts";
+import { DEFAULT_SCHED, type SchedHost, type SchedParams, Scheduler, type VcpuScheduler } from "./sched.ts";
+import { CreditScheduler } from "./sched_credit.ts";
 import { NO_DEADLINE, Vcpu, type VcpuHost } from "./vcpu.ts";
 import { bootVcpuContext } from "../abi/vcpu_context.ts";
 import { archSetInfoGuest, archVcpuReset } from "./vcpu_context.ts";
@@ -46,7 +47,7 @@ export class Hypervisor implements VcpuHost, SchedHost, EvtchnHost {
   readonly memory: MachineMemory;
   readonly mm: PvMm;
   readonly guest: GuestAccess;
-  readonly sched: Scheduler;
+  readonly sched: VcpuScheduler;
   readonly domains = new Map<number, Domain>();
   /** Xen's console ring (xl dmesg). */
   readonly console: ConsoleLine[] = [];
@@ -67,7 +68,8 @@ export class Hypervisor implements VcpuHost, SchedHost, EvtchnHost {
     this.guest = new GuestAccess(this.memory);
     this.hypercallNs = params.hypercallNs ?? 50;
     this.nextDomid = params.firstDomid ?? 0;
-    this.sched = new Scheduler({ ...DEFAULT_SCHED, ...params.sched }, this);
+    const sched = { ...DEFAULT_SCHED, ...params.sched };
+    this.sched = sched.kind === "credit" ? new CreditScheduler(sched, this) : new Scheduler(sched, this);
   }
 
   log(text: string): void {
@@ -147,6 +149,8 @@ export class Hypervisor implements VcpuHost, SchedHost, EvtchnHost {
       const v = new Vcpu(id, d, this);
       // Xen starts every PV vCPU with a 10 ms periodic timer; Linux stops it at boot.
       v.periodicPeriod = 10_000_000;
+      // Offline from its creation on (vcpu_runstate_info counts from there).
+      v.runstateEntry = this.sched.now();
       d.vcpus.push(v);
     }
   }
@@ -226,6 +230,7 @@ export class Hypervisor implements VcpuHost, SchedHost, EvtchnHost {
     if (d.pauseCount === 0) return;
     d.pauseCount--;
     if (d.pauseCount === 0) for (const v of d.vcpus) if (v.runnable) this.sched.wake(v);
+    this.syncRunstates(d);
     this.deadlineDirty = true;
   }
 
@@ -249,6 +254,7 @@ export class Hypervisor implements VcpuHost, SchedHost, EvtchnHost {
     d.state = "running";
     d.shutdownCode = -1;
     if (wasShutdown && d.pauseCount === 0) for (const v of d.vcpus) if (v.runnable) this.sched.wake(v);
+    this.syncRunstates(d);
     this.deadlineDirty = true;
   }
 
@@ -320,6 +326,7 @@ export class Hypervisor implements VcpuHost, SchedHost, EvtchnHost {
 
   wake(v: Vcpu): void {
     if (v.runnable) this.sched.wake(v);
+    else this.runstateChanged(v, this.sched.now(v));
   }
 
   spend(_v: Vcpu, ns: number): void {
@@ -351,7 +358,7 @@ export class Hypervisor implements VcpuHost, SchedHost, EvtchnHost {
   }
 
   contextSwitchIn(v: Vcpu, now: number): void {
-    this.setRunstate(v, RUNSTATE.running, now);
+    this.runstateChanged(v, now);
     // vcpu_periodic_timer_work: a vCPU with a period gets its timer armed when it runs.
     if (v.periodicPeriod > 0 && v.periodicNext === NO_DEADLINE) {
       v.periodicNext = now + v.periodicPeriod;
@@ -370,10 +377,29 @@ export class Hypervisor implements VcpuHost, SchedHost, EvtchnHost {
     dv.setUint32(t, (version + 2) >>> 0, true);
   }
 
+  /**
+   * vcpu_runstate_change as Xen decides it: running on a pCPU; runnable; blocked when only its
+   * block (or poll) keeps it off a pCPU; offline when it is down, paused (by the toolstack, a
+   * shutdown or the scheduler's cap) or dying. Time never goes back for one vCPU: pCPU clocks
+   * differ a little, and a change stamped before the last one counts from the last one.
+   */
+  runstateChanged(v: Vcpu, now: number): void {
+    let state: number;
+    if (v.runnable) state = v.pcpu >= 0 ? RUNSTATE.running : RUNSTATE.runnable;
+    else if (v.blocked && !v.down && v.initialised && v.domain.active && !v.parked) state = RUNSTATE.blocked;
+    else state = RUNSTATE.offline;
+    if (state !== v.runstate) this.setRunstate(v, state, now);
+  }
+
   setRunstate(v: Vcpu, state: number, now: number): void {
-    v.runstateTime[v.runstate] = (v.runstateTime[v.runstate] ?? 0) + (now - v.runstateEntry);
+    const t = Math.max(now, v.runstateEntry);
+    v.runstateTime[v.runstate] = (v.runstateTime[v.runstate] ?? 0) + (t - v.runstateEntry);
     v.runstate = state;
-    v.runstateEntry = now;
+    v.runstateEntry = t;
+  }
+
+  private syncRunstates(d: Domain): void {
+    for (const v of d.vcpus) this.runstateChanged(v, this.sched.now(v));
   }
 
   nextDeadline(): number {

@@ -45,12 +45,7 @@ function debugKey(hv: Hypervisor, key: string): string[] {
       return out;
     }
     case "r": {
-      const out = ["'r' pressed -> dumping run queues"];
-      for (const p of hv.sched.pcpus) {
-        const cur = p.current;
-        out.push(`CPU[${String(p.id).padStart(2, "0")}] current=${cur ? `d${cur.domain.domid}v${cur.id}` : "idle"} clock=${p.clock}`);
-      }
-      return out;
+      return ["'r' pressed -> dumping run queues", ...hv.sched.dump()];
     }
     case "m":
       return [

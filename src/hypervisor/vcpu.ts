@@ -66,6 +66,13 @@ export class Vcpu implements GuestCpu {
   pcpu = -1;
   /** Context-switch bookkeeping for the scheduler's runqueue. */
   queued = false;
+  /** Hard and soft affinity (XEN_DOMCTL_setvcpuaffinity): one byte per pCPU, 1 = allowed; null = all. */
+  hardAffinity: Uint8Array | null = null;
+  softAffinity: Uint8Array | null = null;
+  /** Paused by the credit scheduler until its capped domain earns credit again (CSCHED_FLAG_UNIT_PARKED). */
+  parked = false;
+  /** The scheduler's own per-vCPU data. */
+  schedPriv: object | null = null;
   runstate: number = RUNSTATE.offline;
   runstateEntry = 0;
   readonly runstateTime = [0, 0, 0, 0];
@@ -191,7 +198,7 @@ export class Vcpu implements GuestCpu {
   }
 
   get runnable(): boolean {
-    return !this.down && this.initialised && !this.blocked && this.domain.active;
+    return !this.down && this.initialised && !this.blocked && this.domain.active && !this.parked;
   }
 
   get upcallPending(): boolean {
@@ -382,6 +389,6 @@ export class Vcpu implements GuestCpu {
 
   /** Currently on a physical CPU and not blocked. */
   get running(): boolean {
-    return this.pcpu >= 0 && !this.blocked && !this.down && this.domain.active;
+    return this.pcpu >= 0 && !this.blocked && !this.down && this.domain.active && !this.parked;
   }
 }
