@@ -8,8 +8,13 @@ import {
   formatAffinity,
   formatDmesg,
   formatInfo,
+  formatDryRun,
   formatList,
+  formatListLong,
   formatUptime,
+  type LibxlConfigView,
+  libxlDomainConfig,
+  yajlBeautify,
   formatVcpuList,
   SHUTDOWN_REASON_LETTERS,
   type XlDomainInfo,
@@ -396,5 +401,157 @@ describe("xl dmesg", () => {
 
   test("nothing logged: nothing printed", () => {
     assert.equal(formatDmesg([]), "");
+  });
+});
+
+describe("libxl's JSON (yajl_gen with yajl_gen_beautify, as libxl_yajl_gen_alloc sets it up)", () => {
+  // yajl_gen.c: map/array open print "{"/"[" then "\n"; a value after a key gets ": " and no
+  // indent (INSERT_SEP / INSERT_WHITESPACE in state map_val); a close prints "\n", the indent of
+  // its own depth, then "}"; a finished top-level value gets FINAL_NEWLINE. Indent: yajl's
+  // default of four spaces (libxl sets only yajl_gen_beautify).
+  test("nesting, separators and the empty-container quirk", () => {
+    assert.equal(
+      yajlBeautify({ a: 1, b: [2, 3], c: {}, d: [], e: { f: "x" } }),
+      '{\n    "a": 1,\n    "b": [\n        2,\n        3\n    ],\n    "c": {\n\n    },\n    "d": [\n\n    ],\n    "e": {\n        "f": "x"\n    }\n}\n',
+    );
+    assert.equal(yajlBeautify([]), "[\n\n]\n");
+    assert.equal(yajlBeautify(7), "7\n");
+  });
+
+  test("yajl_string_encode: quotes, backslash, short escapes, other control bytes as upper-case \\u00XX; '/' as it is", () => {
+    assert.equal(yajlBeautify('a"b\\c\n\t\r\b\f\u0001\u001f/\u007f'), '"a\\"b\\\\c\\n\\t\\r\\b\\f\\u0001\\u001F/\u007f"\n');
+  });
+});
+
+describe("xl list -l and xl create -n (libxl_domain_config_gen_json)", () => {
+  const view = (over: Partial<LibxlConfigView> = {}): LibxlConfigView => ({
+    name: "guest1",
+    uuid: UUID1,
+    domid: 0xffffffff,
+    runHotplugScripts: true,
+    maxVcpus: 2,
+    availVcpus: [0, 1],
+    maxMemKb: 65536,
+    targetMemKb: 65536,
+    videoMemKb: 0,
+    sched: { sched: "credit2", weight: 256, cap: 0 },
+    claimMode: true,
+    kernel: undefined,
+    cmdline: "root=/dev/xvda1",
+    msrRelaxed: false,
+    onPoweroff: "destroy",
+    onReboot: "restart",
+    onWatchdog: "destroy",
+    onCrash: "destroy",
+    onSoftReset: "soft-reset",
+    ...over,
+  });
+
+  test("list -l: list_domains_details' array of printf_info_one_json objects, then puts' newline", () => {
+    // Fields in libxl_types.idl order (domain_create_info, domain_build_info, domain_config);
+    // gentypes.py's get_default_expr leaves out what equals its default: on_poweroff, on_watchdog
+    // and on_crash at LIBXL_ACTION_ON_SHUTDOWN_DESTROY; structs and the "type.pv" union always print.
+    const expected = `[
+    {
+        "domid": 3,
+        "config": {
+            "c_info": {
+                "type": "pv",
+                "name": "guest1",
+                "domid": 4294967295,
+                "uuid": "${UUID1}",
+                "run_hotplug_scripts": "True"
+            },
+            "b_info": {
+                "max_vcpus": 2,
+                "avail_vcpus": [
+                    0,
+                    1
+                ],
+                "max_memkb": 65536,
+                "target_memkb": 65536,
+                "video_memkb": 0,
+                "sched_params": {
+                    "sched": "credit2",
+                    "weight": 256,
+                    "cap": 0
+                },
+                "claim_mode": "True",
+                "cmdline": "root=/dev/xvda1",
+                "type.pv": {
+
+                },
+                "arch_arm": {
+
+                },
+                "arch_x86": {
+                    "msr_relaxed": "False"
+                }
+            },
+            "on_reboot": "restart",
+            "on_soft_reset": "soft_reset"
+        }
+    }
+]
+
+`;
+    assert.equal(formatListLong([{ domid: 3, config: view() }]), expected);
+  });
+
+  test("list -l with no guest (dom0 has no saved config): an empty array", () => {
+    assert.equal(formatListLong([]), "[\n\n]\n\n");
+  });
+
+  test("libxl_action_on_shutdown_to_string names; event_channels and kernel when the file set them", () => {
+    const c = libxlDomainConfig(
+      view({ onPoweroff: "preserve", onReboot: "rename-restart", onWatchdog: "coredump-restart", onCrash: "coredump-destroy", eventChannels: 4095, kernel: "/boot/vmlinuz" }),
+    );
+    assert.deepEqual(
+      [c["on_poweroff"], c["on_reboot"], c["on_watchdog"], c["on_crash"], c["on_soft_reset"]],
+      ["preserve", "restart_rename", "coredump_restart", "coredump_destroy", "soft_reset"],
+    );
+    const b = c["b_info"] as Record<string, unknown>;
+    assert.deepEqual(Object.keys(b).slice(6, 10), ["claim_mode", "event_channels", "kernel", "cmdline"]);
+  });
+
+  test("create -n: the parsed config alone, no c_info.domid, empty sched_params, and fputs (one newline)", () => {
+    const out = formatDryRun(
+      view({ domid: undefined, availVcpus: [0], maxVcpus: 1, maxMemKb: 131072, targetMemKb: 131072, videoMemKb: undefined, sched: undefined, msrRelaxed: undefined, cmdline: undefined }),
+    );
+    assert.equal(
+      out,
+      `{
+    "c_info": {
+        "type": "pv",
+        "name": "guest1",
+        "uuid": "${UUID1}",
+        "run_hotplug_scripts": "True"
+    },
+    "b_info": {
+        "max_vcpus": 1,
+        "avail_vcpus": [
+            0
+        ],
+        "max_memkb": 131072,
+        "target_memkb": 131072,
+        "sched_params": {
+
+        },
+        "claim_mode": "True",
+        "type.pv": {
+
+        },
+        "arch_arm": {
+
+        },
+        "arch_x86": {
+
+        }
+    },
+    "on_reboot": "restart",
+    "on_soft_reset": "soft_reset"
+}
+`,
+    );
   });
 });

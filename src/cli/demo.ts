@@ -84,6 +84,7 @@ function demoHost(): boolean {
       ? "\nThe guest's xenbus watch saw the request, cleared it in a transaction and shut down; @releaseDomain fired and the toolstack destroyed it."
       : "\nFAILED: the guest did not come up or did not shut down.",
   );
-  console.log("Run it for real: xensim up --dir /tmp/h; xensim -H /tmp/h create examples/guest.cfg; xensim -H /tmp/h list");
+  console.log("Run it for real (in the clone): npx xensim up --dir /tmp/h; npx xensim -H /tmp/h create examples/guest.cfg; npx xensim -H /tmp/h list");
+  console.log("(`npm link` in the clone puts `xensim` itself on PATH.)");
   return ok;
 }

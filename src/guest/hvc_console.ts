@@ -1,11 +1,15 @@
 // The PV console (Linux drivers/tty/hvc/hvc_xen.c): kernel messages go into the console page's
 // output ring and console_evtchn tells xenconsoled. Output that finds the ring full waits in
 // the kernel until xenconsoled has drained some (its kick arrives as the same event).
+// Keyboard input arrives in the page's input ring on the same event: the kernel takes it
+// (domU_read_console, then a kick so xenconsoled can send more) and hands it to the tty's line
+// discipline, whose echo goes out like any other console output.
 
 import type { GuestCpu } from "../abi/cpu.ts";
 import { XENCONS_INTERFACE as CONS } from "../abi/console.ts";
-import { ringPut } from "../abi/ring.ts";
+import { ringPut, ringTake } from "../abi/ring.ts";
 import type { XenEvents } from "./events.ts";
+import { NTty } from "./n_tty.ts";
 
 /** Output the kernel keeps while the ring is full, beyond which the oldest is dropped. */
 const BACKLOG_MAX = 64 * 1024;
@@ -16,6 +20,9 @@ export class HvcConsole {
   private irq = -1;
   private backlog = "";
   dropped = 0;
+  /** hvc0's line discipline. */
+  readonly tty = new NTty();
+  inputBytes = 0;
 
   constructor(
     private readonly events: XenEvents,
@@ -24,7 +31,7 @@ export class HvcConsole {
   ) {
     this.page = new Uint8Array(pageWords.buffer, pageWords.byteOffset, 4096);
     this.idx = new DataView(pageWords.buffer, pageWords.byteOffset, 4096);
-    events.registerHandler("hvc_console", (cpu) => this.flush(cpu));
+    events.registerHandler("hvc_console", (cpu) => this.interrupt(cpu));
   }
 
   init(cpu: GuestCpu): number {
@@ -32,6 +39,31 @@ export class HvcConsole {
     if (irq < 0) return irq;
     this.irq = irq;
     return 0;
+  }
+
+  /** hvc_poll on the console interrupt: input first (its echo joins the output), then output. */
+  private interrupt(cpu: GuestCpu): void {
+    const input = this.read(cpu);
+    if (input.length > 0) {
+      const echo = this.tty.receive(input);
+      if (echo !== "") this.backlog += echo;
+    }
+    this.flush(cpu);
+  }
+
+  /** domU_read_console: everything in the input ring, its consumer index moved on, xenconsoled told. */
+  private read(cpu: GuestCpu): Uint8Array {
+    if (this.irq < 0) return new Uint8Array(0);
+    const cons = this.idx.getUint32(CONS.in_cons, true);
+    const prod = this.idx.getUint32(CONS.in_prod, true);
+    const avail = (prod - cons) >>> 0;
+    // Indexes the other side left inconsistent: nothing is taken.
+    if (avail === 0 || avail > CONS.in_size) return new Uint8Array(0);
+    const bytes = ringTake(this.page, CONS.in, CONS.in_size, cons, avail);
+    this.idx.setUint32(CONS.in_cons, prod, true);
+    this.inputBytes += avail;
+    this.events.notifyRemoteViaIrq(cpu, this.irq);
+    return bytes;
   }
 
   /** domU_write_console. */

@@ -21,6 +21,7 @@ import { SmpCalls } from "./smp.ts";
 import { Rng } from "../util/rng.ts";
 import { XenBus } from "./xenbus.ts";
 import { HvcConsole } from "./hvc_console.ts";
+import { CpuHotplug } from "./cpu_hotplug.ts";
 
 /** Kernel text addresses, relative to PAGE_OFFSET (the image is loaded at pfn 0). */
 const SYM = { startup_xen: 0x1000, xen_hypervisor_callback: 0x1100, xen_failsafe_callback: 0x1200, cpu_bringup_and_idle: 0x1300 };
@@ -34,12 +35,21 @@ export interface Workload {
   start(k: XenLinux, cpu: GuestCpu): void;
   /** One unit of work on `cpu`; false if there was none. */
   step(k: XenLinux, cpu: GuestCpu): boolean;
+  /**
+   * `cpu` is going offline: move what the workload has there elsewhere. True once nothing of it
+   * is left on the CPU; false while it still needs steps there (an open switch, a wait).
+   */
+  cpuDying?(k: XenLinux, cpu: GuestCpu): boolean;
 }
 
 export type WorkloadFactory = (k: XenLinux) => Workload[];
 
 export interface PerCpu {
   online: boolean;
+  /** cpu_down has been asked for: the CPU takes itself down at its next safe point. */
+  dying?: boolean;
+  /** Down through VCPUOP_down (after it was up once): VCPUOP_up resumes it where it stopped. */
+  dead?: boolean;
   scratchVa: number;
   ticks: number;
   nextTick: number;
@@ -69,6 +79,8 @@ export class XenLinux implements GuestImage, Scratch, PageSource {
   /** A domU's xenstore connection, and the control/shutdown watch on it. */
   xenbus: XenBus | undefined;
   shutdownWatcher: ShutdownWatcher | undefined;
+  /** A domU's cpu/N/availability watch (vCPU hotplug). */
+  cpuHotplug: CpuHotplug | undefined;
   /** A domU's PV console (hvc0). */
   console: HvcConsole | undefined;
   /** printk ring (dmesg). */
@@ -144,7 +156,10 @@ export class XenLinux implements GuestImage, Scratch, PageSource {
 
   resume(cpu: GuestCpu): void {
     const pc = this.percpu[cpu.vcpuId];
+    // VCPUOP_up after VCPUOP_down: xen_pv_play_dead goes on with cpu_bringup
+    if (pc?.dead) this.cpuBack(cpu);
     if (!pc?.online) return;
+    if (pc.dying && this.takeCpuDown(cpu)) return;
     this.events.runEoiWorker(cpu);
     if (this.xenbus?.step(cpu)) return;
     const ws = this.workloads;
@@ -315,6 +330,8 @@ export class XenLinux implements GuestImage, Scratch, PageSource {
       (c, why) => this.panic(c, why),
     );
     this.shutdownWatcher.setup(cpu);
+    this.cpuHotplug = new CpuHotplug(xb, this, (c, t) => this.printk(c, t));
+    this.cpuHotplug.setup(cpu);
   }
 
   /** A kernel pointer: on x86_64 a sign-extended canonical address, kept exact as a number. */
@@ -429,6 +446,71 @@ export class XenLinux implements GuestImage, Scratch, PageSource {
     const now = this.now(cpu);
     while (pc.nextTick <= now) pc.nextTick += TICK_NS;
     this.hc.setSingleshotTimer(cpu, pc.nextTick);
+  }
+
+  // ---- vCPU hotplug (kernel/cpu.c with Xen's smp_ops) ----
+
+  /** Whether `c` takes new work: online and not on its way down. */
+  cpuActive(c: number): boolean {
+    const pc = this.percpu[c];
+    return pc?.online === true && pc.dying !== true;
+  }
+
+  /**
+   * disable_hotplug_cpu (cpu_down), from whichever CPU handled the request: the CPU is marked and kicked; it takes
+   * itself down once its work has moved (takeCpuDown). CPU 0 cannot go (x86 without
+   * CPU0 hotplug: cpu_is_hotpluggable is false for it).
+   */
+  disableHotplugCpu(cpu: GuestCpu, c: number): void {
+    const pc = this.percpu[c];
+    if (c === 0 || !pc || pc.dead || pc.dying) return;
+    pc.dying = true;
+    if (c !== cpu.vcpuId && pc.online) this.smp.sendIpi(cpu, c, XEN_IPI.RESCHEDULE);
+  }
+
+  /** enable_hotplug_cpu (and cpu_up): a CPU that went down comes back through VCPUOP_up (its context is kept: xen_cpu_initialized_map). */
+  enableHotplugCpu(cpu: GuestCpu, c: number): void {
+    const pc = this.percpu[c];
+    if (!pc) return;
+    // still on its way down: it stays
+    if (pc.dying) {
+      pc.dying = false;
+      return;
+    }
+    if (!pc.dead) return;
+    const rc = this.hc.vcpuOp(cpu, VCPUOP.up, c);
+    if (rc < 0) this.printk(cpu, `smpboot: CPU${c}: VCPUOP_up failed: ${rc}`);
+  }
+
+  /**
+   * take_cpu_down and play_dead on the dying CPU: its tasks move away, it leaves any user mm
+   * (so no shootdown waits for it), runs the calls queued for it, stops its timer, and goes
+   * down with VCPUOP_down on itself. Its per-CPU event channels stay bound (Linux frees and
+   * binds them again; here they wait for it, masked by nothing, and are kept for cpuBack).
+   */
+  private takeCpuDown(cpu: GuestCpu): boolean {
+    const c = cpu.vcpuId;
+    for (const w of this.workloads) if (w.cpuDying && !w.cpuDying(this, cpu)) return false;
+    const pc = this.percpu[c]!;
+    this.mmu.idleTaskExit(cpu);
+    this.smp.runQueue(cpu);
+    pc.online = false;
+    pc.dying = false;
+    pc.dead = true;
+    this.hc.vcpuOp(cpu, VCPUOP.stop_singleshot_timer, c);
+    this.printk(cpu, `smpboot: CPU ${c} is now offline`);
+    this.hc.vcpuOp(cpu, VCPUOP.down, c);
+    return true;
+  }
+
+  /** cpu_bringup after VCPUOP_up on a CPU that had gone down. */
+  private cpuBack(cpu: GuestCpu): void {
+    const pc = this.percpu[cpu.vcpuId]!;
+    pc.dead = false;
+    this.setupTimer(cpu);
+    pc.online = true;
+    this.printk(cpu, `CPU${cpu.vcpuId} up`);
+    this.irqRestore(cpu, false);
   }
 
   /** Online CPUs as a mask array (for IPI fan-out). */

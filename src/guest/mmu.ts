@@ -371,6 +371,19 @@ export class XenMmu {
     if (pc.xenCr3 !== this.initMm.pgd) this.writeCr3(cpu, this.initMm);
   }
 
+  /** idle_task_exit: a CPU going offline runs on init_mm and lets go of the mm it kept lazily. */
+  idleTaskExit(cpu: GuestCpu): void {
+    const pc = this.percpu[cpu.vcpuId]!;
+    this.leaveMm(cpu);
+    const prev = pc.activeMm;
+    if (prev !== this.initMm) {
+      this.initMm.count++;
+      pc.activeMm = this.initMm;
+      this.mmdrop(prev);
+    }
+    this.mc.flush(cpu);
+  }
+
   /** mmdrop: the last reference frees the root table pages. */
   mmdrop(mm: Mm): void {
     if (--mm.count > 0 || mm === this.initMm) return;

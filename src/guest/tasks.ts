@@ -54,6 +54,8 @@ export interface TaskKernel {
   irqDisable(cpu: GuestCpu): boolean;
   irqRestore(cpu: GuestCpu, wasMasked: boolean): void;
   allocPfn(): number | undefined;
+  /** Whether CPU `c` takes tasks (online, not going offline); absent: every CPU does. */
+  cpuActive?(c: number): boolean;
 }
 
 function pageVa(index: number): number {
@@ -95,7 +97,7 @@ export class TaskSched {
     for (let i = 1; i <= this.k.nrCpus; i++) {
       const c = (cpu.vcpuId + i) % this.k.nrCpus;
       const pc = this.percpu[c]!;
-      if (c !== cpu.vcpuId && pc.current === null && !pc.switching) {
+      if (c !== cpu.vcpuId && pc.current === null && !pc.switching && this.k.cpuActive?.(c) !== false) {
         this.k.smp.sendIpi(cpu, c, XEN_IPI.RESCHEDULE);
         return;
       }
@@ -118,7 +120,7 @@ export class TaskSched {
     }
     const t = pc.current;
     if (t === null) {
-      if (this.runqueue.length === 0) return false;
+      if (this.runqueue.length === 0 || this.k.cpuActive?.(cpu.vcpuId) === false) return false;
       const i = this.k.rng.below(this.runqueue.length);
       const next = this.runqueue.splice(i, 1)[0]!;
       this.startSwitch(cpu, next);
@@ -154,6 +156,22 @@ export class TaskSched {
     pc.switching = false;
     this.k.mmu.mc.leaveLazy(cpu);
     this.k.irqRestore(cpu, pc.irqWasMasked);
+  }
+
+  /**
+   * migrate_tasks for a CPU going offline: an open switch finishes first, a task waiting for
+   * other CPUs waits here, then the current task goes back on the runqueue (the CPU switches
+   * to idle) and another CPU is kicked for it. True once the CPU runs no task.
+   */
+  migrateFrom(cpu: GuestCpu): boolean {
+    const pc = this.percpu[cpu.vcpuId]!;
+    if (pc.switching) return false;
+    const t = pc.current;
+    if (t === null) return true;
+    if (t.waitId !== 0) return false;
+    this.startSwitch(cpu, null);
+    this.enqueue(cpu, t);
+    return false;
   }
 
   /** The current task gives up the CPU and goes back on the runqueue. */

@@ -49,6 +49,10 @@ export class ForkExec implements Workload {
     else s.yieldTask(cpu, t);
     return true;
   }
+
+  cpuDying(_k: XenLinux, cpu: GuestCpu): boolean {
+    return this.sched.migrateFrom(cpu);
+  }
 }
 
 /**
@@ -121,6 +125,12 @@ export class IpiStorm implements Workload {
     this.calls++;
     this.waits[c] = k.smp.callFunctionMask(cpu, targets, "ipistorm_ping", 0, true);
     return true;
+  }
+
+  /** Not while it is parked, owns a stop_machine, or waits for its calls to run. */
+  cpuDying(_k: XenLinux, cpu: GuestCpu): boolean {
+    const c = cpu.vcpuId;
+    return !this.parked[c] && this.stopOwner !== c && this.waits[c] === 0;
   }
 
   private onlineOthers(k: XenLinux, c: number): number[] {

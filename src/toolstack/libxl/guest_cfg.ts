@@ -59,6 +59,8 @@ export interface GuestConfig {
   width: 32 | 64;
   evtchnAbi: "fifo" | "2l";
   warnings: string[];
+  /** The file and text it came from, when the toolstack keeps them (xl list -l reports which keys were set). */
+  source?: { file: string; text: string };
 }
 
 export class GuestCfgError extends Error {

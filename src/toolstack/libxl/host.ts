@@ -44,6 +44,8 @@ export interface HostParams {
   machineMiB: number;
   dom0MemoryMiB: number;
   dom0Vcpus: number;
+  /** Xen's scheduler: credit (as Xen hosts run; the default) or the seeded interleaver scenarios use. */
+  sched?: "credit" | "interleave";
 }
 
 export const DEFAULT_HOST: HostParams = { pcpus: 4, seed: 1, machineMiB: 4096, dom0MemoryMiB: 32, dom0Vcpus: 1 };
@@ -65,6 +67,18 @@ export interface HostDomain {
   fastRestarts: number;
   /** Why its kernel died before it came up, if it did. */
   bootFailure?: string;
+  /** xl's monitor watches it (false after `create -e`: its shutdown is left as it is). */
+  monitored: boolean;
+}
+
+/** How a host run against the wall clock keeps up with it (see host_server.ts). */
+export interface HostPace {
+  /** Virtual seconds wanted per wall second (`xensim up --speed`). */
+  speed: number;
+  /** Virtual time advanced over wall time times speed, over the last second or so: 1 keeps up. */
+  ratio: number;
+  /** How far the machine's time is behind where the wall clock says it should be (ns). */
+  behindNs: number;
 }
 
 export class HostError extends Error {}
@@ -94,6 +108,12 @@ export class Host {
   readonly dom0User: Dom0User;
   readonly dom0Kernel: XenLinux;
   readonly domains = new Map<number, HostDomain>();
+  /** Set while the host runs against the wall clock. */
+  pace: HostPace | undefined = undefined;
+  /** What xl commands waiting on domains run on each @releaseDomain (shutdown -w, reboot -w). */
+  readonly releaseWaiters = new Set<() => void>();
+  /** The epoch second dom0's clock reads at virtual time 0 (see epochSec). */
+  wallclockBaseSec = 0;
   /** What xl's monitor would log, for people: shutdowns, actions taken. */
   readonly log: string[] = [];
   private readonly rng: Rng;
@@ -126,6 +146,10 @@ export class Host {
     // xen-init-dom0: dom0's own entries.
     this.xs.write("/local/domain/0/name", "Domain-0");
     this.xs.write("/local/domain/0/domid", "0");
+    // xl processes waiting on domains (shutdown -w) see the event before the monitor acts on it
+    this.xs.watch("@releaseDomain", "xl-waiters", () => {
+      for (const w of [...this.releaseWaiters]) w();
+    });
     this.xs.watch("@releaseDomain", "xl-monitor", () => this.onReleaseDomain());
   }
 
@@ -179,10 +203,9 @@ export class Host {
 
   // ---- xl create / destroy / shutdown / pause ----
 
-  create(cfg: GuestConfig, opts: { paused?: boolean; fastRestarts?: number } = {}): HostDomain {
-    for (const hd of this.domains.values()) {
-      if (hd.cfg.name === cfg.name) throw new HostError(`domain with name "${cfg.name}" already exists`);
-    }
+  create(cfg: GuestConfig, opts: { paused?: boolean; fastRestarts?: number; monitor?: boolean } = {}): HostDomain {
+    // libxl__domain_rename, from libxl__domain_make: names are unique, Domain-0's included
+    if (this.nameToDomid(cfg.name) !== undefined) throw new HostError(`Domain with name "${cfg.name}" already exists.`);
     const kernel = new XenLinux(cfg.width, workloadsFromCmdline);
     const cmdline = [
       `xen.fifo_events=${cfg.evtchnAbi === "fifo" ? 1 : 0}`,
@@ -199,7 +222,8 @@ export class Host {
         {
           name: cfg.name,
           memoryMiB: cfg.memoryMiB,
-          vcpus: cfg.vcpus,
+          // libxl__build_pre: max_vcpus; those beyond `vcpus` are marked offline in cpu/N/availability
+          vcpus: cfg.maxVcpus,
           width: cfg.width,
           maxEventChannels: cfg.maxEventChannels,
           cmdline,
@@ -230,6 +254,7 @@ export class Host {
       consoleMap,
       handled: false,
       fastRestarts: opts.fastRestarts ?? 0,
+      monitored: opts.monitor !== false,
     };
     this.domains.set(domid, hd);
     this.writeDomainArea(hd);
@@ -283,7 +308,9 @@ export class Host {
     xs.write(`${vm}/image/ostype`, "linux", tx);
     xs.write(`${vm}/image/kernel`, cfg.kernel, tx);
     xs.write(`${vm}/image/cmdline`, cfg.cmdline, tx);
-    xs.write(`${vm}/start_time`, (this.now() / 1e9).toFixed(2), tx);
+    // libxl: "%lu.%02d" of gettimeofday (dom0's wall clock)
+    const start = this.epochSec();
+    xs.write(`${vm}/start_time`, `${Math.floor(start)}.${String(Math.floor((start % 1) * 100)).padStart(2, "0")}`, tx);
     // libxl__build_post.
     xs.write(`${dom}/memory/static-max`, String(cfg.maxmemMiB * 1024), tx);
     xs.write(`${dom}/memory/target`, String(cfg.memoryMiB * 1024), tx);
@@ -314,14 +341,21 @@ export class Host {
     this.checked("destroydomain", this.xc.destroydomain(domid));
   }
 
-  /** xl shutdown / reboot: a request through the guest's control/shutdown node. */
+  /**
+   * xl shutdown / reboot: libxl__domain_pvcontrol writes the request into the guest's
+   * control/shutdown node (for a PV domain whether or not it advertised control/feature-*;
+   * the guest acknowledges by clearing the node).
+   */
   requestShutdown(domid: number, what: "poweroff" | "reboot"): void {
     this.info(domid);
-    const dom = `/local/domain/${domid}`;
-    if (this.xs.tryRead(`${dom}/control/feature-${what}`) !== "1") {
-      throw new HostError(`PV control interface not available: domain ${domid} has not set control/feature-${what}`);
-    }
-    this.xs.write(`${dom}/control/shutdown`, what);
+    this.xs.write(`/local/domain/${domid}/control/shutdown`, what);
+  }
+
+  /** libxl_send_sysrq: the key goes to the guest's control/sysrq, which its kernel watches. */
+  sendSysrq(domid: number, key: string): void {
+    if (key.length !== 1) throw new HostError("Invalid sysrq.");
+    this.info(domid);
+    this.xs.write(`/local/domain/${domid}/control/sysrq`, key);
   }
 
   pause(domid: number): void {
@@ -332,6 +366,67 @@ export class Host {
   unpause(domid: number): void {
     this.info(domid);
     this.checked("unpausedomain", this.xc.unpausedomain(domid));
+  }
+
+  /** libxl_name_to_domid: the first domain (in domid order) whose xenstore name is `name`. */
+  nameToDomid(name: string): number | undefined {
+    for (const domid of this.domids()) if (this.xs.tryRead(`/local/domain/${domid}/name`) === name) return domid;
+    return undefined;
+  }
+
+  /**
+   * libxl_domain_rename: the new name must not be another domain's; /local/domain/N/name and
+   * /vm/UUID/name change in one transaction, tried again when it conflicts.
+   */
+  rename(domid: number, oldName: string | undefined, newName: string): void {
+    const info = this.info(domid);
+    if (newName !== "") {
+      const other = this.nameToDomid(newName);
+      if (other !== undefined && other !== domid) throw new HostError(`Domain with name "${newName}" already exists.`);
+    }
+    const h = Array.from(info.handle, (b) => b.toString(16).padStart(2, "0")).join("");
+    const uuid = `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
+    for (let attempt = 0; ; attempt++) {
+      const tx = this.xs.transactionStart();
+      const got = this.xs.tryRead(`/local/domain/${domid}/name`, tx);
+      if (oldName !== undefined && got !== oldName) {
+        this.xs.transactionEnd(tx, false);
+        throw new HostError(`Allegedly named \`${oldName}' is actually named \`${got ?? ""}' - racing ?`);
+      }
+      this.xs.write(`/local/domain/${domid}/name`, newName, tx);
+      this.xs.write(`/vm/${uuid}/name`, newName, tx);
+      if (this.xs.transactionEnd(tx, true)) break;
+      if (attempt >= 100) throw new HostError(`Failed to commit new name \`${newName}' for domain previously named \`${oldName ?? ""}'`);
+    }
+    const hd = this.domains.get(domid);
+    // a restart builds the domain again under its current name
+    if (hd) hd.cfg = { ...hd.cfg, name: newName };
+  }
+
+  /**
+   * libxl_set_vcpuonline for a PV domain: `count` vCPUs from 0 up marked online in
+   * cpu/N/availability, the rest offline, for every vCPU up to the domain's max_vcpu_id, in one
+   * transaction; the guest's cpu_hotplug watch does the rest.
+   */
+  setVcpusOnline(domid: number, count: number): void {
+    const info = this.info(domid);
+    const max = info.maxVcpuId + 1;
+    if (count === 0) throw new HostError("Requested 0 VCPUs!");
+    if (count > max) throw new HostError(`Requested ${count} VCPUs, however maxcpus is ${max}!`);
+    for (;;) {
+      const tx = this.xs.transactionStart();
+      for (let i = 0; i < max; i++) this.xs.write(`/local/domain/${domid}/cpu/${i}/availability`, i < count ? "online" : "offline", tx);
+      if (this.xs.transactionEnd(tx, true)) return;
+    }
+  }
+
+  /**
+   * dom0's wall clock (seconds since the epoch): `wallclockBaseSec` at virtual time 0, moving
+   * with the machine's time. 0 by default, so that runs stay a function of the seed; a host
+   * that serves people sets it from the real clock.
+   */
+  epochSec(): number {
+    return this.wallclockBaseSec + this.now() / 1e9;
   }
 
   /** A domain by id, or by name as xl accepts either (libxl_name_to_domid reads the names in xenstore). */
@@ -414,7 +509,7 @@ export class Host {
 
   private monitor(hd: HostDomain): void {
     const info = this.tryInfo(hd.domid);
-    if (!info || (info.flags & DOMINF.shutdown) === 0 || hd.handled) return;
+    if (!info || (info.flags & DOMINF.shutdown) === 0 || hd.handled || !hd.monitored) return;
     hd.handled = true;
     const reason = dominfShutdownCode(info.flags);
     let action = actionFor(hd.cfg, reason);

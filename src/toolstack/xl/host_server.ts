@@ -9,6 +9,7 @@ import { existsSync, rmSync, writeFileSync } from "node:fs";
 import { createServer, type Server, type Socket } from "node:net";
 import { join } from "node:path";
 import { type BootMachine, Host, type HostParams } from "../libxl/host.ts";
+import { listenUnix } from "../../util/unix_socket.ts";
 import { listenXenstored } from "../xenstored/socket.ts";
 import { XL_COMMANDS, type XlReply } from "./xl_commands.ts";
 
@@ -24,8 +25,19 @@ export interface ServeOptions {
 
 export const HOST_FILES = { xenstored: "xenstored.sock", control: "control.sock", pid: "xensim.pid", log: "host.log" } as const;
 
-/** Wall time one tick may spend running the machine before sockets get their turn. */
-const TICK_BUDGET_MS = 20;
+/**
+ * Wall time one tick may spend running the machine before sockets get their turn, while the
+ * machine runs behind the wall clock. While clients talk to the host (a request came in within
+ * INTERACTIVE_MS) a tick is one short run only, so that each hop of a conversation (request in,
+ * reply out, next request in) waits for little machine work; a step itself cannot be cut short.
+ */
+const TICK_BUDGET_MS = 2;
+const INTERACTIVE_MS = 5;
+/** Scheduler steps per run call (a busy guest's step is a few microseconds), and while interactive. */
+const STEPS_PER_RUN = 32;
+const STEPS_PER_RUN_INTERACTIVE = 2;
+/** How often the pace (virtual time per wall time) is measured. */
+const PACE_WINDOW_MS = 1000;
 
 export interface RunningHost {
   host: Host;
@@ -36,19 +48,35 @@ export interface RunningHost {
 
 export async function serveHost(opts: ServeOptions): Promise<RunningHost> {
   const host = new Host(opts.params, opts.boot);
+  // dom0's wall clock starts at the real time of day (then moves with the machine's time)
+  host.wallclockBaseSec = Date.now() / 1000 - host.now() / 1e9;
   host.boot();
   const wall0 = performance.now();
   const virt0 = host.now();
   let lagWarned = false;
-  let timer: NodeJS.Timeout | undefined;
+  let timer: NodeJS.Timeout | NodeJS.Immediate | undefined;
   const waiters: { check: () => boolean; done: () => void }[] = [];
+  let paceWall = wall0;
+  let paceVirt = virt0;
+  host.pace = { speed: opts.speed, ratio: 1, behindNs: 0 };
+
+  let lastRequestAt = Number.NEGATIVE_INFINITY;
 
   const tick = () => {
     const start = performance.now();
     const target = virt0 + (start - wall0) * 1e6 * opts.speed;
-    while (host.now() < target && performance.now() - start < TICK_BUDGET_MS) {
-      host.run(Math.min(target, host.now() + 1_000_000), 20_000);
+    const interactive = start - lastRequestAt < INTERACTIVE_MS;
+    const budget = interactive ? 0 : TICK_BUDGET_MS;
+    const steps = interactive ? STEPS_PER_RUN_INTERACTIVE : STEPS_PER_RUN;
+    do host.run(Math.min(target, host.now() + 1_000_000), steps);
+    while (host.now() < target && performance.now() - start < budget);
+    const wallNow = performance.now();
+    if (wallNow - paceWall >= PACE_WINDOW_MS) {
+      host.pace = { speed: opts.speed, ratio: (host.now() - paceVirt) / ((wallNow - paceWall) * 1e6 * opts.speed), behindNs: 0 };
+      paceWall = wallNow;
+      paceVirt = host.now();
     }
+    if (host.pace) host.pace.behindNs = Math.max(0, target - host.now());
     if (host.now() < target - 1e9 * opts.speed && !lagWarned) {
       lagWarned = true;
       opts.log("the machine is running behind the wall clock (the guests' work exceeds this host's speed)");
@@ -56,7 +84,8 @@ export async function serveHost(opts: ServeOptions): Promise<RunningHost> {
     for (let i = waiters.length - 1; i >= 0; i--) {
       if (waiters[i]!.check()) waiters.splice(i, 1)[0]!.done();
     }
-    timer = setTimeout(tick, host.now() < target ? 0 : 2);
+    // Behind: run on as soon as the sockets have had their turn; caught up: wait a little.
+    timer = host.now() < target ? setImmediate(tick) : setTimeout(tick, 2);
   };
 
   const xsPath = join(opts.dir, HOST_FILES.xenstored);
@@ -72,10 +101,16 @@ export async function serveHost(opts: ServeOptions): Promise<RunningHost> {
     server.on("connection", (s: Socket) => {
       live.add(s);
       s.on("close", () => live.delete(s));
+      s.on("data", () => {
+        lastRequestAt = performance.now();
+      });
     });
   track(xsServer);
   const stop = async () => {
-    if (timer) clearTimeout(timer);
+    if (timer) {
+      clearTimeout(timer as NodeJS.Timeout);
+      clearImmediate(timer as NodeJS.Immediate);
+    }
     timer = undefined;
     for (const s of live) s.destroy();
     await Promise.all([closeServer(xsServer), closeServer(ctlServer)]);
@@ -128,18 +163,19 @@ export async function serveHost(opts: ServeOptions): Promise<RunningHost> {
     });
   });
   track(ctlServer);
-  await listen(ctlServer, ctlPath);
+  // Without a control socket nothing could stop this host: give xenstored's socket back and fail.
+  await listen(ctlServer, ctlPath).catch(async (e: unknown) => {
+    await closeServer(xsServer);
+    throw e;
+  });
   writeFileSync(join(opts.dir, HOST_FILES.pid), `${process.pid}\n`);
   tick();
   return { host, stopped, stop };
 }
 
+/** Listens on the control socket; one that another host answers on is refused, a stale one replaced. */
 function listen(server: Server, path: string): Promise<void> {
-  if (existsSync(path)) rmSync(path, { force: true });
-  return new Promise((resolve, reject) => {
-    server.once("error", reject);
-    server.listen(path, () => resolve());
-  });
+  return listenUnix(server, path);
 }
 
 function closeServer(server: Server): Promise<void> {

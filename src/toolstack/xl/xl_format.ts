@@ -95,6 +95,25 @@ export interface XlHostInfo {
   ccCompileDomain: string;
   ccCompileDate: string;
   buildId: string;
+  /** xensim only: how the host keeps up with the wall clock (absent when it runs in virtual time). */
+  pace?: XlPace | undefined;
+}
+
+/** How a host run against the wall clock keeps up (HostPace, as it crosses the control socket). */
+export interface XlPace {
+  /** Virtual seconds wanted per wall second. */
+  speed: number;
+  /** Virtual time advanced over wall time times speed, recently: 1 keeps up. */
+  ratio: number;
+  /** How far the machine's time is behind the wall clock's (ns). */
+  behindNs: number;
+}
+
+/** "0.031 of 1x (behind by 12.3 s)": the machine's recent pace, and how far behind it is. */
+export function formatPace(p: XlPace): string {
+  const ratio = p.ratio >= 0.1 ? p.ratio.toFixed(2) : p.ratio.toPrecision(2);
+  const behind = p.behindNs >= 1e8 ? ` (behind the wall clock by ${(p.behindNs / 1e9).toFixed(1)} s)` : "";
+  return `${ratio} of ${p.speed}x${behind}`;
 }
 
 /** xl list's fifth state letter, indexed by libxl_shutdown_reason (poweroff .. soft_reset). */
@@ -287,6 +306,8 @@ export function formatInfo(info: XlHostInfo, opts: { field?: string } = {}): str
     ["build_id", info.buildId],
     ["xend_config_format", "4"],
   ];
+  // xensim's own line, after xl's: virtual time achieved over what the wall clock asks for
+  if (info.pace) rows.push(["xensim_speed", formatPace(info.pace)]);
   let out = "";
   for (const [name, value] of rows) {
     // virt_caps has no space after its colon: each cap brings its own
@@ -371,4 +392,145 @@ export function formatDmesg(lines: { timeNs: number; text: string }[], opts: { t
     for (const p of parts) out += `${prefix}${stamp}${p}\n`;
   }
   return out;
+}
+
+// ---- libxl's JSON: xl list -l, xl create -n ----
+
+/** A JSON value in libxl's shape: objects keep their keys in the order they were added. */
+export type JsonValue = string | number | null | JsonValue[] | { [key: string]: JsonValue };
+
+/** yajl_string_encode: the two quotes-breakers, the short escapes, other control bytes as \u00XX. */
+function yajlString(s: string): string {
+  let out = '"';
+  for (const ch of s) {
+    const c = ch.codePointAt(0)!;
+    if (ch === '"') out += '\\"';
+    else if (ch === "\\") out += "\\\\";
+    else if (ch === "\n") out += "\\n";
+    else if (ch === "\r") out += "\\r";
+    else if (ch === "\t") out += "\\t";
+    else if (ch === "\b") out += "\\b";
+    else if (ch === "\f") out += "\\f";
+    else if (c < 0x20) out += `\\u00${c.toString(16).toUpperCase().padStart(2, "0")}`;
+    else out += ch;
+  }
+  return `${out}"`;
+}
+
+/**
+ * The text of yajl_gen with yajl_gen_beautify, as libxl_yajl_gen_alloc configures it (yajl's
+ * default indent of four spaces): every container opens with a newline and closes on a line of
+ * its own, so an empty one prints as "{", an empty line, then "}"; the finished value ends with
+ * a newline.
+ */
+export function yajlBeautify(value: JsonValue): string {
+  const pad = (depth: number) => "    ".repeat(depth);
+  const gen = (v: JsonValue, depth: number): string => {
+    if (v === null) return "null";
+    if (typeof v === "string") return yajlString(v);
+    if (typeof v === "number") {
+      if (!Number.isSafeInteger(v)) throw new RangeError(`libxl's JSON has integers only, not ${v}`);
+      return String(v);
+    }
+    const items = Array.isArray(v) ? v.map((x) => pad(depth + 1) + gen(x, depth + 1)) : Object.entries(v).map(([k, x]) => `${pad(depth + 1)}${yajlString(k)}: ${gen(x, depth + 1)}`);
+    const [open, close] = Array.isArray(v) ? ["[", "]"] : ["{", "}"];
+    return `${open}\n${items.join(",\n")}\n${pad(depth)}${close}`;
+  };
+  return `${gen(value, 0)}\n`;
+}
+
+/** What libxl_domain_config holds for a PV domain, in the fields this model has. */
+export interface LibxlConfigView {
+  name: string;
+  uuid: string;
+  /** c_info.domid: xl create sets it to its domid_policy (INVALID_DOMID) before creating; absent in a dry run. */
+  domid?: number | undefined;
+  /** xl.conf's run_hotplug_scripts (default 1). */
+  runHotplugScripts: boolean;
+  maxVcpus: number;
+  /** vCPUs set in avail_vcpus. */
+  availVcpus: number[];
+  maxMemKb?: number | undefined;
+  targetMemKb?: number | undefined;
+  videoMemKb?: number | undefined;
+  /** libxl_domain_sched_params as libxl_domain_sched_params_get fills it; absent: all defaults. */
+  sched?: { sched: string; weight?: number | undefined; cap?: number | undefined } | undefined;
+  /** xl.conf's claim_mode (default 1). */
+  claimMode: boolean;
+  /** b_info.event_channels: only what the config file set (max_event_channels). */
+  eventChannels?: number | undefined;
+  kernel?: string | undefined;
+  cmdline?: string | undefined;
+  /** arch_x86.msr_relaxed; libxl__arch_update_domain_config pins it (false) in a created domain's saved config. */
+  msrRelaxed?: boolean | undefined;
+  /** xl.cfg's spelling of each on_* action. */
+  onPoweroff: string;
+  onReboot: string;
+  onWatchdog: string;
+  onCrash: string;
+  onSoftReset: string;
+}
+
+const defbool = (b: boolean) => (b ? "True" : "False");
+/** libxl_action_on_shutdown_to_string: the enum's names, lower case, "-" as "_". */
+const actionName = (a: string) => (a === "rename-restart" ? "restart_rename" : a.replace(/-/g, "_"));
+
+/**
+ * libxl_domain_config_gen_json for a PV domain (gentypes.py's generator over libxl_types.idl):
+ * fields in the IDL's order; a field equal to its default (its init_val, a NULL string, a zero
+ * integer, an empty bitmap, a default defbool) is left out, while nested structs and the keyed
+ * union are always written, empty or not.
+ */
+export function libxlDomainConfig(c: LibxlConfigView): { [key: string]: JsonValue } {
+  const cInfo: { [key: string]: JsonValue } = { type: "pv", name: c.name };
+  if (c.domid !== undefined && c.domid !== 0) cInfo["domid"] = c.domid;
+  cInfo["uuid"] = c.uuid;
+  cInfo["run_hotplug_scripts"] = defbool(c.runHotplugScripts);
+
+  const bInfo: { [key: string]: JsonValue } = {};
+  if (c.maxVcpus !== 0) bInfo["max_vcpus"] = c.maxVcpus;
+  if (c.availVcpus.length > 0) bInfo["avail_vcpus"] = [...c.availVcpus].sort((a, b) => a - b);
+  if (c.maxMemKb !== undefined) bInfo["max_memkb"] = c.maxMemKb;
+  if (c.targetMemKb !== undefined) bInfo["target_memkb"] = c.targetMemKb;
+  if (c.videoMemKb !== undefined) bInfo["video_memkb"] = c.videoMemKb;
+  const sched: { [key: string]: JsonValue } = {};
+  if (c.sched) {
+    sched["sched"] = c.sched.sched;
+    if (c.sched.weight !== undefined) sched["weight"] = c.sched.weight;
+    if (c.sched.cap !== undefined) sched["cap"] = c.sched.cap;
+  }
+  bInfo["sched_params"] = sched;
+  bInfo["claim_mode"] = defbool(c.claimMode);
+  if (c.eventChannels) bInfo["event_channels"] = c.eventChannels;
+  if (c.kernel !== undefined) bInfo["kernel"] = c.kernel;
+  if (c.cmdline !== undefined) bInfo["cmdline"] = c.cmdline;
+  bInfo["type.pv"] = {};
+  bInfo["arch_arm"] = {};
+  bInfo["arch_x86"] = c.msrRelaxed === undefined ? {} : { msr_relaxed: defbool(c.msrRelaxed) };
+
+  const config: { [key: string]: JsonValue } = { c_info: cInfo, b_info: bInfo };
+  // on_*: LIBXL_ACTION_ON_SHUTDOWN_DESTROY is the init_val
+  for (const [key, a] of [
+    ["on_poweroff", c.onPoweroff],
+    ["on_reboot", c.onReboot],
+    ["on_watchdog", c.onWatchdog],
+    ["on_crash", c.onCrash],
+    ["on_soft_reset", c.onSoftReset],
+  ] as const) {
+    if (a !== "destroy") config[key] = actionName(a);
+  }
+  return config;
+}
+
+/**
+ * `xl list -l` (list_domains_details in xl_info.c): one JSON array of {"domid", "config"} built
+ * by printf_info_one_json, printed with puts (so the generator's closing newline gets another).
+ */
+export function formatListLong(domains: { domid: number; config: LibxlConfigView }[]): string {
+  return `${yajlBeautify(domains.map((d) => ({ domid: d.domid, config: libxlDomainConfig(d.config) })))}\n`;
+}
+
+/** `xl create -n` (create_domain's dry run): libxl_domain_config_to_json, written with fputs. */
+export function formatDryRun(config: LibxlConfigView): string {
+  return yajlBeautify(libxlDomainConfig(config));
 }
