@@ -46,10 +46,11 @@ export function registerHost(program: Command): void {
         boot: bootMachine({ ...DEFAULT_HOST, pcpus, machineMiB, seed, sched }),
         log: (line) => console.log(`xensim: ${line}`),
       });
-      console.log(`xensim: host up in ${dir}: ${pcpus} pCPUs, ${machineMiB} MiB, speed ${speed}x, ${sched} scheduler (pid ${process.pid})`);
+      // Handlers before the announcement: whoever reads it may signal at once.
       const quit = () => void running.stop();
       process.once("SIGINT", quit);
       process.once("SIGTERM", quit);
+      console.log(`xensim: host up in ${dir}: ${pcpus} pCPUs, ${machineMiB} MiB, speed ${speed}x, ${sched} scheduler (pid ${process.pid})`);
       await running.stopped;
       console.log("xensim: host stopped");
       // Nothing of the host is left to wait for; do not linger on idle handles.

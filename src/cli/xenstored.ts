@@ -53,7 +53,6 @@ export async function runXenstored(opts: XenstoredCliOptions): Promise<void> {
     daemon.shutdown();
     throw e instanceof SocketInUseError ? new Error(`xenstored is already running on ${opts.socket}`) : e;
   });
-  process.stdout.write(`xenstored listening on ${opts.socket}\n`);
   let stopping = false;
   const stop = (): void => {
     if (stopping) return;
@@ -65,6 +64,8 @@ export async function runXenstored(opts: XenstoredCliOptions): Promise<void> {
   };
   process.on("SIGINT", stop);
   process.on("SIGTERM", stop);
+  // Announced only once a signal would be handled: whoever reads the line may signal at once.
+  process.stdout.write(`xenstored listening on ${opts.socket}\n`);
 }
 
 export function registerXenstored(program: Command): void {
