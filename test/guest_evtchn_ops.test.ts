@@ -35,6 +35,8 @@ function observed(v: Vcpu, log: string[]): GuestCpu {
       return v.hypercall(op, a1, a2, a3, a4, a5);
     },
     rdtsc: () => v.rdtsc(),
+    getRegister: (name) => v.getRegister(name),
+    setRegister: (name, value) => v.setRegister(name, value),
     read8: (va) => v.read8(va),
     read32: (va) => v.read32(va),
     read64: (va) => v.read64(va),

@@ -257,6 +257,10 @@ class ScanCpu implements GuestCpu {
     throw new Error("unexpected guest memory access");
   }
   spend(): void {}
+  getRegister(): number {
+    return 0;
+  }
+  setRegister(): void {}
 }
 
 /** shared_info with Xen's side of 2-level delivery: pending bit, selector bit, upcall_pending. */

@@ -3,6 +3,7 @@
 // The hypervisor implements it; the guest kernel is written against it.
 
 import type { GuestWidth } from "./layout.ts";
+import type { GprName } from "./vcpu_context.ts";
 
 export interface GuestCpu {
   readonly vcpuId: number;
@@ -25,6 +26,13 @@ export interface GuestCpu {
   pageWords(va: number): Uint32Array;
   /** Accounts guest work in virtual nanoseconds. */
   spend(ns: number): void;
+  /**
+   * A register of the vCPU's saved context. Kernel code keeps its values in JS locals; registers
+   * matter where a save image records them: around the suspend hypercall (rip and rsp name where
+   * to go on, rax is the hypercall's result as the vCPU sees it when it runs again).
+   */
+  getRegister(name: GprName): number;
+  setRegister(name: GprName, value: number): void;
 }
 
 /**

@@ -7,6 +7,7 @@ import { registerHost } from "./host.ts";
 import { registerRun } from "./run.ts";
 import { registerXenstored } from "./xenstored.ts";
 import { hostDir, registerXl, xl } from "./xl.ts";
+import { registerXlSave } from "./xl_save.ts";
 import { registerXlSched } from "./xl_sched.ts";
 
 const program = new Command();
@@ -26,6 +27,7 @@ registerXenstored(program);
 registerHost(program);
 registerXl(program);
 registerXlSched(program, hostDir, xl);
+registerXlSave(program, hostDir, xl);
 
 program.parseAsync(process.argv).catch((e: unknown) => {
   console.error(`xensim: ${(e as Error).message}`);

@@ -4,7 +4,8 @@
 // vCPU whose node says "offline" is taken down (xl's `vcpus` below `maxvcpus`).
 
 import type { GuestCpu } from "../abi/cpu.ts";
-import type { XenBus } from "./xenbus.ts";
+import { type KstateEnv, registerKernelClass } from "./kstate.ts";
+import type { XenBus, XsWatcher } from "./xenbus.ts";
 
 /** What the watcher asks of the kernel: the CPUs it has, and bringing one up or down. */
 export interface HotplugKernel {
@@ -13,15 +14,25 @@ export interface HotplugKernel {
   disableHotplugCpu(cpu: GuestCpu, c: number): void;
 }
 
-export class CpuHotplug {
+export class CpuHotplug implements XsWatcher {
   /** Requests seen, as "N:state" (for tests and dmesg). */
   readonly seen: string[] = [];
 
   constructor(
     private readonly xs: XenBus,
     private readonly k: HotplugKernel,
-    private readonly log: (cpu: GuestCpu, text: string) => void,
+    /** printk (a closure: derived again after a restore). */
+    private log: (cpu: GuestCpu, text: string) => void,
   ) {}
+
+  kstateRevive(env: KstateEnv): void {
+    this.log = (c, t) => env.kernel.printk(c, t);
+  }
+
+  /** The watch on "cpu" names this object, not a closure, so that it survives a save. */
+  xsWatchEvent(cpu: GuestCpu, path: string): void {
+    this.handleEvent(cpu, path);
+  }
 
   /** setup_cpu_watcher: the watch on "cpu", then every possible vCPU marked offline goes. */
   setup(cpu: GuestCpu): void {
@@ -29,7 +40,7 @@ export class CpuHotplug {
       cpu,
       "cpu",
       "cpu",
-      (c, path) => this.handleEvent(c, path),
+      this,
       (c, err) => {
         if (err) this.log(c, `xen: failed to set cpu hotplug watcher: ${err}`);
       },
@@ -75,3 +86,5 @@ export class CpuHotplug {
     });
   }
 }
+
+registerKernelClass("CpuHotplug", CpuHotplug, { transient: ["log"] });

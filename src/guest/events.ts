@@ -7,6 +7,7 @@ import type { GuestCpu } from "../abi/cpu.ts";
 import { XEN_ERRNO as E } from "../abi/xen.ts";
 import type { EvtchnLoopCtrl, EvtchnOps } from "./evtchn_backend.ts";
 import type { Hypercalls } from "./hypercalls.ts";
+import { type KstateEnv, registerKernelClass } from "./kstate.ts";
 
 export const IRQT = { UNBOUND: 0, PIRQ: 1, VIRQ: 2, IPI: 3, EVTCHN: 4 } as const;
 export const IRQT_NAMES = ["unbound", "pirq", "virq", "ipi", "evtchn"] as const;
@@ -61,22 +62,30 @@ export class XenEvents {
   readonly irqEpoch: Uint32Array;
   /** Per-CPU lists of irqs waiting for a deferred EOI. */
   readonly eoiLists: number[][];
-  readonly handlers = new Map<string, IrqHandler>();
-  /** The handler of each irq, looked up once from its name (irq_info keeps only the name). */
-  private readonly handlerFns: (IrqHandler | undefined)[] = [];
+  /** Handlers by name; not state: whoever registered one registers it again after a restore. */
+  handlers = new Map<string, IrqHandler>();
+  /** The handler of each irq, looked up from its name at first use (irq_info keeps only the name). */
+  private handlerFns: (IrqHandler | undefined)[] = [];
   /** Per-CPU loop state and port callbacks, made once so an upcall allocates nothing. */
-  private readonly loopCtrl: EvtchnLoopCtrl[];
-  private readonly upcallCpu: (GuestCpu | undefined)[];
-  private readonly portHandlers: ((port: number) => void)[];
+  private loopCtrl!: EvtchnLoopCtrl[];
+  private upcallCpu!: (GuestCpu | undefined)[];
+  private portHandlers!: ((port: number) => void)[];
   /** Ports seen pending with no irq bound (a race Linux tolerates). */
   unboundEvents = 0;
   spuriousEoi = 0;
+  private readonly nrCpus: number;
+  private readonly jiffyNs: number;
+  /** The kernel's clock (a closure: derived again after a restore). */
+  private clock: (cpu: GuestCpu) => number;
 
   constructor(
     readonly backend: EvtchnOps,
     private readonly hc: Hypercalls,
-    private readonly p: EventsParams,
+    p: EventsParams,
   ) {
+    this.nrCpus = p.nrCpus;
+    this.jiffyNs = p.jiffyNs;
+    this.clock = p.now;
     this.evtchnToIrq = new Int32Array(backend.maxChannels()).fill(-1);
     this.virqToIrq = [];
     this.timerPorts = new Uint32Array(p.nrCpus);
@@ -86,20 +95,38 @@ export class XenEvents {
       this.ipiToIrq.push(new Int32Array(XEN_NR_IPIS).fill(-1));
     }
     this.irqEpoch = new Uint32Array(p.nrCpus);
-    this.loopCtrl = Array.from({ length: p.nrCpus }, () => ({ timeout: 0, count: 0, deferEoi: false }));
-    this.upcallCpu = new Array(p.nrCpus);
-    this.portHandlers = Array.from({ length: p.nrCpus }, (_, c) => (port: number) => {
+    this.eoiLists = Array.from({ length: p.nrCpus }, () => []);
+    this.wireUpcall();
+  }
+
+  /** The upcall's per-CPU scratch and port callbacks (wiring, made again after a restore). */
+  private wireUpcall(): void {
+    this.loopCtrl = Array.from({ length: this.nrCpus }, () => ({ timeout: 0, count: 0, deferEoi: false }));
+    this.upcallCpu = new Array(this.nrCpus);
+    this.portHandlers = Array.from({ length: this.nrCpus }, (_, c) => (port: number) => {
       this.handleIrqForPort(this.upcallCpu[c]!, port, this.loopCtrl[c]!);
     });
-    this.eoiLists = Array.from({ length: p.nrCpus }, () => []);
+  }
+
+  /** After a restore, before any kstateRevive: an empty registry for the handlers to come back to. */
+  kstateInit(): void {
+    this.handlers = new Map();
+    this.handlerFns = [];
+    this.wireUpcall();
+  }
+
+  kstateRevive(env: KstateEnv): void {
+    this.clock = (c) => env.kernel.now(c);
   }
 
   registerHandler(name: string, fn: IrqHandler): void {
     this.handlers.set(name, fn);
+    // A name may get a new function (after a restore): irqs look theirs up again.
+    this.handlerFns.length = 0;
   }
 
   private jiffies(cpu: GuestCpu): number {
-    return Math.floor(this.p.now(cpu) / this.p.jiffyNs);
+    return Math.floor(this.clock(cpu) / this.jiffyNs);
   }
 
   // ---- irq allocation and bindings ----
@@ -142,6 +169,26 @@ export class XenEvents {
     this.evtchnToIrq[port] = info.irq;
     this.backend.mask(port);
     this.bindEvtchnToCpu(info, tcpu);
+    return 0;
+  }
+
+  /**
+   * xen_irq_resume's first half: every irq forgets its port and no port maps to an irq (the new
+   * domain's port numbers mean nothing of the old ones).
+   */
+  zapPortBindings(): void {
+    for (const info of this.irqs) if (info) info.evtchn = 0;
+    this.evtchnToIrq.fill(-1);
+    this.timerPorts.fill(0);
+  }
+
+  /** restore_cpu_virqs/ipis: `irq` gets the new `port` on `tcpu`, unmasked unless it is disabled. */
+  rebindPort(cpu: GuestCpu, irq: number, port: number, tcpu: number): number {
+    const info = this.irqs[irq];
+    if (!info) return -E.EINVAL;
+    const rc = this.setupPort(cpu, info, port, tcpu);
+    if (rc < 0) return rc;
+    if (info.maskReason === 0) this.backend.unmask(cpu, port);
     return 0;
   }
 
@@ -369,7 +416,7 @@ export class XenEvents {
   lateeoi(cpu: GuestCpu, irq: number, spurious: boolean): void {
     const info = this.irqs[irq];
     if (!info || info.evtchn === 0 || this.onEoiList(info)) return;
-    const hz = Math.round(1e9 / this.p.jiffyNs);
+    const hz = Math.round(1e9 / this.jiffyNs);
     let delay = 0;
     if (spurious) {
       this.spuriousEoi++;
@@ -459,8 +506,8 @@ export class XenEvents {
     }
     // Every 256 events, check the loop's time budget; past it, defer EOIs to leave sooner.
     if (!ctrl.deferEoi && (++ctrl.count & 0xff) === 0) {
-      const now = this.p.now(cpu);
-      if (!ctrl.timeout) ctrl.timeout = now + EVENT_LOOP_TIMEOUT_JIFFIES * this.p.jiffyNs;
+      const now = this.clock(cpu);
+      if (!ctrl.timeout) ctrl.timeout = now + EVENT_LOOP_TIMEOUT_JIFFIES * this.jiffyNs;
       else if (now > ctrl.timeout) ctrl.deferEoi = true;
     }
     const info = this.irqs[irq]!;
@@ -484,7 +531,13 @@ export class XenEvents {
       return;
     } else this.ack(info);
     info.count++;
-    const fn = this.handlerFns[info.irq];
+    let fn = this.handlerFns[info.irq];
+    if (fn === undefined && info.handler !== "") {
+      fn = this.handlers.get(info.handler);
+      this.handlerFns[info.irq] = fn;
+    }
     if (fn) fn(cpu, info.irq, info.devId);
   }
 }
+
+registerKernelClass("XenEvents", XenEvents, { transient: ["handlers", "handlerFns", "loopCtrl", "upcallCpu", "portHandlers", "clock"] });

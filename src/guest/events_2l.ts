@@ -3,9 +3,10 @@
 // A 64-bit guest's xen_ulong_t is handled as two 32-bit halves.
 
 import type { GuestCpu } from "../abi/cpu.ts";
-import type { Layout } from "../abi/layout.ts";
+import { type Layout, layoutFor } from "../abi/layout.ts";
 import type { EvtchnLoopCtrl, EvtchnOps } from "./evtchn_backend.ts";
 import type { Hypercalls } from "./hypercalls.ts";
+import { type KstateEnv, registerKernelClass } from "./kstate.ts";
 
 /** Lowest set bit at or above `from` in the (lo, hi) pair, or -1. */
 function firstBitFrom(lo: number, hi: number, from: number): number {
@@ -34,11 +35,12 @@ export class Events2L implements EvtchnOps {
   private readonly selWord: Uint32Array;
 
   constructor(
-    private readonly words: Uint32Array,
-    private readonly layout: Layout,
+    /** shared_info's words: a view, given again by attachSharedInfo after a restore. */
+    private words: Uint32Array,
+    private layout: Layout,
     nrCpus: number,
     private readonly hc: Hypercalls,
-    private readonly timerPorts: () => Uint32Array,
+    private timerPorts: () => Uint32Array,
     /** False only when the "unmask-pending" fix is switched off, to show the lost edge. */
     private readonly resendOnUnmask = true,
   ) {
@@ -53,6 +55,17 @@ export class Events2L implements EvtchnOps {
     this.selWord = Uint32Array.from({ length: nrCpus }, (_, c) => (c * layout.vcpu_info.size + layout.vcpu_info.evtchn_pending_sel) >> 2);
     // All ports start on CPU 0, as in Linux's init_evtchn_cpu_bindings.
     this.cpuMask[0]!.fill(0xffffffff);
+  }
+
+  /** After a restore: the layout and the timer ports again; shared_info comes with attachSharedInfo. */
+  kstateRevive(env: KstateEnv): void {
+    this.layout = layoutFor(this.bpw);
+    this.timerPorts = () => env.kernel.events.timerPorts;
+  }
+
+  /** shared_info mapped (again, after a restore): the words the bitmaps live in. */
+  attachSharedInfo(words: Uint32Array): void {
+    this.words = words;
   }
 
   maxChannels(): number {
@@ -188,3 +201,5 @@ export class Events2L implements EvtchnOps {
     }
   }
 }
+
+registerKernelClass("Events2L", Events2L, { transient: ["words", "layout", "timerPorts"] });

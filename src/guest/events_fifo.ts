@@ -3,9 +3,10 @@
 // the pages are kept: the control blocks are registered again and the array re-expanded.
 
 import type { GuestCpu } from "../abi/cpu.ts";
-import { XEN_ERRNO as E, EVTCHN_FIFO as F } from "../abi/xen.ts";
+import { XEN_ERRNO as E, EVTCHN_FIFO as F, XEN_PAGE_SIZE } from "../abi/xen.ts";
 import type { EvtchnLoopCtrl, EvtchnOps } from "./evtchn_backend.ts";
 import type { Hypercalls } from "./hypercalls.ts";
+import { KstateError, type KstateEnv, registerKernelClass } from "./kstate.ts";
 
 const PENDING = 1 << F.PENDING;
 const MASKED = 1 << F.MASKED;
@@ -16,6 +17,29 @@ const LINK_MASK = F.LINK_MASK;
 export interface GuestPage {
   words: Uint32Array;
   gfn: number;
+  /** The kernel address it is mapped at: what a restore derives words and gfn from again. */
+  va?: number | undefined;
+}
+
+/** A page the backend keeps: the address is state; the view and the frame are the machine's. */
+class FifoPage implements GuestPage {
+  constructor(
+    readonly va: number | undefined,
+    public gfn: number,
+    public words: Uint32Array,
+  ) {}
+
+  static of(p: GuestPage): FifoPage {
+    return new FifoPage(p.va, p.gfn, p.words);
+  }
+
+  /** The restored domain has other frames: the view and the gfn from the address again. */
+  kstateRevive(env: KstateEnv): void {
+    if (this.va === undefined) throw new KstateError("kstate: a FIFO page without its address (PageSource.allocZeroedPage must give va)");
+    const k = env.kernel;
+    this.words = env.cpu.pageWords(this.va);
+    this.gfn = k.pfnToMfn(env.cpu, (this.va - k.base) / XEN_PAGE_SIZE);
+  }
 }
 
 /** The guest pages the backend needs: allocated zeroed and mapped (get_zeroed_page), and freed. */
@@ -27,11 +51,13 @@ export interface PageSource {
 export class EventsFifo implements EvtchnOps {
   readonly name = "FIFO" as const;
   /** Every event array page allocated (Linux's event_array[]), kept over a resume for reuse. */
-  private readonly arrayPages: GuestPage[] = [];
-  /** The words of those Xen has now (event_array_pages of them), by port >> 10. */
-  private readonly pages: Uint32Array[] = [];
+  private readonly arrayPages: FifoPage[] = [];
+  /** The words of those Xen has now (event_array_pages of them), by port >> 10: views, made again from arrayPages after a restore. */
+  private pages: Uint32Array[] = [];
+  /** How many of arrayPages Xen has now (pages.length, as state). */
+  private expanded = 0;
   /** Per-CPU control blocks (cpu_control_block), kept over a resume. */
-  private readonly controlBlocks: (GuestPage | undefined)[];
+  private readonly controlBlocks: (FifoPage | undefined)[];
   /** Per-CPU local copies of the queue heads (Linux's cpu_queue). */
   private readonly heads: Uint32Array[];
 
@@ -44,6 +70,11 @@ export class EventsFifo implements EvtchnOps {
   ) {
     this.controlBlocks = new Array(nrCpus);
     this.heads = Array.from({ length: nrCpus }, () => new Uint32Array(F.MAX_QUEUES));
+  }
+
+  /** After a restore (the pages have their views again, being revived first): the array's views. */
+  kstateRevive(): void {
+    this.pages = this.arrayPages.slice(0, this.expanded).map((p) => p.words);
   }
 
   maxChannels(): number {
@@ -61,8 +92,9 @@ export class EventsFifo implements EvtchnOps {
    */
   initCpu(cpu: GuestCpu, forCpu: number): number {
     if (this.controlBlocks[forCpu]) return 0;
-    const page = this.pagesFrom.allocZeroedPage(cpu);
-    if (!page) return -E.ENOMEM;
+    const got = this.pagesFrom.allocZeroedPage(cpu);
+    if (!got) return -E.ENOMEM;
+    const page = FifoPage.of(got);
     const rc = this.initControlBlock(cpu, forCpu, page);
     if (rc < 0) return rc;
     this.controlBlocks[forCpu] = page;
@@ -93,6 +125,7 @@ export class EventsFifo implements EvtchnOps {
       if (rc < 0) return rc;
     }
     this.pages.length = 0;
+    this.expanded = 0;
     return 0;
   }
 
@@ -101,14 +134,16 @@ export class EventsFifo implements EvtchnOps {
     while (port >= this.pages.length * F.EVENT_WORDS_PER_PAGE) {
       const n = this.pages.length;
       // After a resume the page is already there.
-      const page = this.arrayPages[n] ?? this.pagesFrom.allocZeroedPage(cpu);
-      if (!page) return -E.ENOMEM;
+      const got = this.arrayPages[n] ?? this.pagesFrom.allocZeroedPage(cpu);
+      if (!got) return -E.ENOMEM;
+      const page = got instanceof FifoPage ? got : FifoPage.of(got);
       // Mask every event in the page before Xen can see it.
       page.words.fill(MASKED);
       const rc = this.hc.expandArray(cpu, page.gfn);
       if (rc < 0) return rc;
       this.arrayPages[n] = page;
       this.pages.push(page.words);
+      this.expanded = this.pages.length;
     }
     return 0;
   }
@@ -210,3 +245,6 @@ export class EventsFifo implements EvtchnOps {
     return ready;
   }
 }
+
+registerKernelClass("EventsFifo", EventsFifo, { transient: ["pages"] });
+registerKernelClass("FifoPage", FifoPage, { transient: ["words"] });

@@ -46,4 +46,6 @@ export interface EvtchnOps {
    * its control block, evtchn_fifo_alloc_control_block). Does nothing if it exists. 0 or -errno.
    */
   initCpu(cpu: GuestCpu, forCpu: number): number;
+  /** The words of shared_info, mapped again after a restore (2-level keeps its bitmaps there). */
+  attachSharedInfo?(words: Uint32Array): void;
 }

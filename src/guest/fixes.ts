@@ -15,6 +15,15 @@ export const GUEST_FIXES = {
     "drop_mm_ref also picks the CPUs whose xen_current_cr3 (the pgd Xen really has, updated only when the " +
     "batch with the switch is issued) is the dying pgd, not only those in mm_cpumask (Linux 9f79991d4186). " +
     "Without it a CPU with a context switch still in its lazy batch is missed.",
+  "rebind-on-resume":
+    "after a restore into a new domain, xen_irq_resume binds every CPU's VIRQs and IPIs again into new " +
+    "ports (restore_cpu_virqs, restore_cpu_ipis). Without it the irqs keep no port in the new domain: the " +
+    "first IPI after the restore goes nowhere and the timer never fires.",
+  "clear-stale-mappings":
+    "xen_irq_resume first zaps every irq's port and the whole port-to-irq table, since the new domain's " +
+    "port numbers mean nothing of the old ones. Without it an inter-domain irq still names its old port, " +
+    "which a VIRQ or IPI may now own: notify_remote_via_irq signals the wrong channel (the oops after " +
+    "migration that Linux fixed by clearing the mappings).",
 } as const;
 
 export type GuestFix = keyof typeof GUEST_FIXES;

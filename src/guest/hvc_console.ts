@@ -9,14 +9,16 @@ import type { GuestCpu } from "../abi/cpu.ts";
 import { XENCONS_INTERFACE as CONS } from "../abi/console.ts";
 import { ringPut, ringTake } from "../abi/ring.ts";
 import type { XenEvents } from "./events.ts";
+import { KstateError, type KstateEnv, registerKernelClass } from "./kstate.ts";
 import { NTty } from "./n_tty.ts";
 
 /** Output the kernel keeps while the ring is full, beyond which the oldest is dropped. */
 const BACKLOG_MAX = 64 * 1024;
 
 export class HvcConsole {
-  private readonly page: Uint8Array;
-  private readonly idx: DataView;
+  /** Views of the console page (derived again from pageVa after a restore). */
+  private page: Uint8Array;
+  private idx: DataView;
   private irq = -1;
   private backlog = "";
   dropped = 0;
@@ -27,11 +29,30 @@ export class HvcConsole {
   constructor(
     private readonly events: XenEvents,
     pageWords: Uint32Array,
-    readonly port: number,
+    public port: number,
+    /** Where the kernel maps the console page: what a restore derives the views from again. */
+    private readonly pageVa?: number,
   ) {
     this.page = new Uint8Array(pageWords.buffer, pageWords.byteOffset, 4096);
     this.idx = new DataView(pageWords.buffer, pageWords.byteOffset, 4096);
     events.registerHandler("hvc_console", (cpu) => this.interrupt(cpu));
+  }
+
+  /** After a restore: the page's views and the irq handler again. */
+  kstateRevive(env: KstateEnv): void {
+    if (this.pageVa === undefined) throw new KstateError("kstate: HvcConsole was not given its page's address (pageVa)");
+    const words = env.cpu.pageWords(this.pageVa);
+    this.page = new Uint8Array(words.buffer, words.byteOffset, 4096);
+    this.idx = new DataView(words.buffer, words.byteOffset, 4096);
+    this.events.registerHandler("hvc_console", (cpu) => this.interrupt(cpu));
+  }
+
+  /** xen_hvc_resume in a new domain: the console's new channel. */
+  resume(cpu: GuestCpu, port: number): void {
+    if (this.irq >= 0) this.events.unbindFromIrqhandler(cpu, this.irq);
+    this.irq = -1;
+    this.port = port;
+    this.init(cpu);
   }
 
   init(cpu: GuestCpu): number {
@@ -91,3 +112,5 @@ export class HvcConsole {
     this.events.notifyRemoteViaIrq(cpu, this.irq);
   }
 }
+
+registerKernelClass("HvcConsole", HvcConsole, { transient: ["page", "idx"] });

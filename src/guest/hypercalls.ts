@@ -3,7 +3,8 @@
 
 import type { GuestCpu } from "../abi/cpu.ts";
 import { CALLBACK_REGISTER_32, CALLBACK_REGISTER_64, EVTCHN_OP, layoutFor, VCPU_SET_PERIODIC_TIMER } from "../abi/layout.ts";
-import { CALLBACKOP, EVTCHNOP, HYPERVISOR, SCHEDOP, VCPUOP, XENVER_version } from "../abi/xen.ts";
+import { CALLBACKOP, EVTCHNOP, HYPERVISOR, SCHEDOP, SHUTDOWN, VCPUOP, XENVER_version } from "../abi/xen.ts";
+import { registerKernelClass } from "./kstate.ts";
 
 /** Where each CPU's scratch area (its "stack" for op structs) lives. */
 export interface Scratch {
@@ -109,6 +110,17 @@ export class Hypercalls {
     return cpu.hypercall(HYPERVISOR.sched_op, SCHEDOP.shutdown, a);
   }
 
+  /**
+   * HYPERVISOR_suspend: SCHEDOP_shutdown(SHUTDOWN_suspend) with start_info's frame as the third
+   * argument. Returns 0 at once (the vCPU is paused); what it returns when the vCPU runs again is
+   * in rax then: 1 if the suspend was cancelled, 0 in a new domain.
+   */
+  suspend(cpu: GuestCpu, startInfoMfn: number): number {
+    const a = this.s.scratchVa(cpu);
+    cpu.write32(a, SHUTDOWN.suspend);
+    return cpu.hypercall(HYPERVISOR.sched_op, SCHEDOP.shutdown, a, startInfoMfn);
+  }
+
   /** SCHEDOP_poll on one port, with an absolute timeout (0: none). */
   poll(cpu: GuestCpu, port: number, timeout: number): number {
     const a = this.s.scratchVa(cpu);
@@ -164,3 +176,6 @@ export class Hypercalls {
     return cpu.hypercall(HYPERVISOR.console_io, 0, n, a);
   }
 }
+
+// Its only field is the scratch source (the kernel), a reference like any other.
+registerKernelClass("Hypercalls", Hypercalls);

@@ -4,17 +4,20 @@
 
 import type { GuestCpu, GuestImage } from "../abi/cpu.ts";
 import { type GuestWidth, type Layout, layoutFor } from "../abi/layout.ts";
-import { CALLBACKTYPE, HYPERVISOR, SHUTDOWN, SIF_INITDOMAIN, VCPUOP, VGCF_in_kernel, VIRQ, XEN_PAGE_SIZE } from "../abi/xen.ts";
+import { CALLBACKTYPE, HYPERVISOR, SHUTDOWN, SIF_INITDOMAIN, UVMF, VCPUOP, VGCF_in_kernel, VIRQ, XEN_PAGE_SIZE } from "../abi/xen.ts";
+import { pteHi, pteLo } from "../abi/x86.ts";
 import type { EvtchnOps } from "./evtchn_backend.ts";
 import { Events2L } from "./events_2l.ts";
 import { EventsFifo, type GuestPage, type PageSource } from "./events_fifo.ts";
 import { EvtchnDevice } from "./evtchn_dev.ts";
 import { XEN_IPI, XenEvents } from "./events.ts";
-import { disabledFixes } from "./fixes.ts";
+import { disabledFixes, type GuestFix } from "./fixes.ts";
 import { Hypercalls, type Scratch } from "./hypercalls.ts";
 import { ShutdownWatcher } from "./manage.ts";
-import { bootPagetables, FIX_SHARED_INFO } from "./mm_boot.ts";
-import { XenMmu } from "./mmu.ts";
+import { bootPagetables, FIX_SHARED_INFO, pteArgs } from "./mm_boot.ts";
+import { KERNEL_PROT, XenMmu } from "./mmu.ts";
+import { decodeKernelState, encodeKernelState, readStateFromPages, registerKernelClass, writeStateToPages, XENLINUX_TRANSIENT } from "./kstate.ts";
+import { afterSuspendHypercall, newSuspendState, requestSuspend, type SuspendState, suspendStep } from "./suspend.ts";
 import { Multicalls } from "./multicalls.ts";
 import { pvclockRead } from "./pvclock.ts";
 import { SmpCalls } from "./smp.ts";
@@ -24,7 +27,7 @@ import { HvcConsole } from "./hvc_console.ts";
 import { CpuHotplug } from "./cpu_hotplug.ts";
 
 /** Kernel text addresses, relative to PAGE_OFFSET (the image is loaded at pfn 0). */
-const SYM = { startup_xen: 0x1000, xen_hypervisor_callback: 0x1100, xen_failsafe_callback: 0x1200, cpu_bringup_and_idle: 0x1300 };
+const SYM = { startup_xen: 0x1000, xen_hypervisor_callback: 0x1100, xen_failsafe_callback: 0x1200, cpu_bringup_and_idle: 0x1300, xen_suspend_return: 0x1400 };
 export const HZ = 250;
 export const TICK_NS = 1_000_000_000 / HZ;
 
@@ -33,8 +36,15 @@ export interface Workload {
   readonly name: string;
   /** Called on CPU 0 once SMP is up. */
   start(k: XenLinux, cpu: GuestCpu): void;
+  /** Called on CPU 0 after a restore into a new domain: connect again what went with the old one. */
+  resume?(k: XenLinux, cpu: GuestCpu): void;
   /** One unit of work on `cpu`; false if there was none. */
   step(k: XenLinux, cpu: GuestCpu): boolean;
+  /**
+   * Whether nothing of the workload is half done on `cpu`, so that it may park for a suspend
+   * (workloads start nothing new while the kernel is frozen). Absent: always.
+   */
+  quiescent?(k: XenLinux, cpu: GuestCpu): boolean;
   /**
    * `cpu` is going offline: move what the workload has there elsewhere. True once nothing of it
    * is left on the CPU; false while it still needs steps there (an open switch, a wait).
@@ -89,6 +99,13 @@ export class XenLinux implements GuestImage, Scratch, PageSource {
   /** Pages in the direct map, which the page allocator hands out (all of them until it is built). */
   lowmemPages = Number.POSITIVE_INFINITY;
   booted = false;
+  /** Tasks frozen for a suspend: workloads start nothing new. */
+  frozen = false;
+  suspend: SuspendState = newSuspendState(0);
+  /** Where start_info is mapped (the builder's page, in the direct map). */
+  startInfoVa = 0;
+  /** xen_build_mfn_list_list's pages: the top, then the middle ones (pfns). */
+  mfnListListPfns: number[] = [];
   private si!: DataView;
   private siBytes!: Uint8Array;
   private mfnListVa = 0;
@@ -109,6 +126,7 @@ export class XenLinux implements GuestImage, Scratch, PageSource {
       xen_hypervisor_callback: base + SYM.xen_hypervisor_callback,
       xen_failsafe_callback: base + SYM.xen_failsafe_callback,
       cpu_bringup_and_idle: base + SYM.cpu_bringup_and_idle,
+      xen_suspend_return: base + SYM.xen_suspend_return,
     });
     this.hc = new Hypercalls(this);
   }
@@ -142,12 +160,20 @@ export class XenLinux implements GuestImage, Scratch, PageSource {
         this.startupXen(cpu, arg);
         return;
       case SYM.xen_hypervisor_callback:
+        // A restored vCPU can take an event before CPU 0 has rebuilt the kernel: nothing handles it yet.
+        if (this.events === undefined) return;
         this.events.doUpcall(cpu, this.siBytes, cpu.vcpuId * this.layout.vcpu_info.size);
         return;
       case SYM.xen_failsafe_callback:
         throw new Error("failsafe callback: Xen could not deliver an event");
       case SYM.cpu_bringup_and_idle:
+        // A restored vCPU that runs before CPU 0 has rebuilt the kernel spins in stop_machine.
+        if (this.percpu.length === 0 || this.suspend.parked[cpu.vcpuId]) return;
         this.cpuBringup(cpu);
+        return;
+      case SYM.xen_suspend_return:
+        this.restoreFromPages(cpu);
+        afterSuspendHypercall(this, cpu, cpu.getRegister("rax"));
         return;
       default:
         throw new Error(`jump to unknown kernel address ${address}`);
@@ -159,6 +185,7 @@ export class XenLinux implements GuestImage, Scratch, PageSource {
     // VCPUOP_up after VCPUOP_down: xen_pv_play_dead goes on with cpu_bringup
     if (pc?.dead) this.cpuBack(cpu);
     if (!pc?.online) return;
+    if (suspendStep(this, cpu)) return;
     if (pc.dying && this.takeCpuDown(cpu)) return;
     this.events.runEoiWorker(cpu);
     if (this.xenbus?.step(cpu)) return;
@@ -194,7 +221,7 @@ export class XenLinux implements GuestImage, Scratch, PageSource {
     if (pfn === undefined) return undefined;
     const words = cpu.pageWords(this.va(pfn));
     words.fill(0);
-    return { words, gfn: this.pfnToMfn(cpu, pfn) };
+    return { words, gfn: this.pfnToMfn(cpu, pfn), va: this.va(pfn) };
   }
 
   freePage(gfn: number): void {
@@ -235,6 +262,7 @@ export class XenLinux implements GuestImage, Scratch, PageSource {
 
   private startupXen(cpu: GuestCpu, startInfoVa: number): void {
     const S = this.layout.start_info;
+    this.startInfoVa = startInfoVa;
     const ul = (off: number) => (this.layout.ulong === 8 ? cpu.read64(startInfoVa + off) : cpu.read32(startInfoVa + off));
     this.nrPages = ul(S.nr_pages);
     const sharedInfoMa = ul(S.shared_info);
@@ -262,6 +290,7 @@ export class XenLinux implements GuestImage, Scratch, PageSource {
       buffers.push({ entriesVa: this.va(mcPfn), argsVa: this.va(argsPfn) });
     }
     this.mc = new Multicalls(this.layout, buffers, this);
+    this.suspend = newSuspendState(nr);
     const init = bootPagetables(this, cpu, rootPfn, sharedInfoMa);
     this.lowmemPages = init.lowmemPages;
     const words = cpu.pageWords(FIX_SHARED_INFO[this.width]);
@@ -276,11 +305,12 @@ export class XenLinux implements GuestImage, Scratch, PageSource {
     this.hc.registerCallback(cpu, CALLBACKTYPE.event, this.base + SYM.xen_hypervisor_callback);
     this.hc.registerCallback(cpu, CALLBACKTYPE.failsafe, this.base + SYM.xen_failsafe_callback);
     this.bootTables = init;
+    this.buildMfnListList(cpu);
     this.initEvents(cpu);
     this.printk(cpu, `Xen: using ${this.events.backend.name} event channel ABI, ${nr} vCPUs`);
 
     for (let c = 0; c < nr; c++) this.bindCpuIrqs(cpu, c);
-    this.setupTimer(cpu);
+    this.programTimer(cpu);
     for (let c = 1; c < nr; c++) this.cpuUp(cpu, c);
     const flags = cpu.read32(startInfoVa + S.flags);
     if (flags & SIF_INITDOMAIN) this.evtchnDev = new EvtchnDevice(this.events, this.hc);
@@ -303,7 +333,7 @@ export class XenLinux implements GuestImage, Scratch, PageSource {
   private consoleInit(cpu: GuestCpu, mfn: number, port: number): void {
     const pfn = this.m2p.get(mfn);
     if (port === 0 || pfn === undefined) return;
-    const hvc = new HvcConsole(this.events, cpu.pageWords(this.va(pfn)), port);
+    const hvc = new HvcConsole(this.events, cpu.pageWords(this.va(pfn)), port, this.va(pfn));
     if (hvc.init(cpu) < 0) return;
     this.console = hvc;
     hvc.write(cpu, this.log.map((l) => `${l}\n`).join(""));
@@ -316,19 +346,14 @@ export class XenLinux implements GuestImage, Scratch, PageSource {
       this.printk(cpu, "xenbus: no xenstore ring in start_info");
       return;
     }
-    const xb = new XenBus(this.events, cpu.pageWords(this.va(pfn)), port, (c, t) => this.printk(c, t));
+    const xb = new XenBus(this.events, cpu.pageWords(this.va(pfn)), port, (c, t) => this.printk(c, t), this.va(pfn));
     const rc = xb.init(cpu);
     if (rc < 0) {
       this.printk(cpu, `xenbus: cannot bind the store channel: ${rc}`);
       return;
     }
     this.xenbus = xb;
-    this.shutdownWatcher = new ShutdownWatcher(
-      xb,
-      this.hc,
-      (c, t) => this.printk(c, t),
-      (c, why) => this.panic(c, why),
-    );
+    this.shutdownWatcher = new ShutdownWatcher(xb, this);
     this.shutdownWatcher.setup(cpu);
     this.cpuHotplug = new CpuHotplug(xb, this, (c, t) => this.printk(c, t));
     this.cpuHotplug.setup(cpu);
@@ -378,6 +403,11 @@ export class XenLinux implements GuestImage, Scratch, PageSource {
       this.nrPages,
       this.bootTables,
     );
+    this.registerHandlers();
+  }
+
+  /** The kernel's own irq handlers by name (again after a restore: the registry is not state). */
+  private registerHandlers(): void {
     const ev = this.events;
     ev.registerHandler("timer_interrupt", (c) => this.timerInterrupt(c));
     ev.registerHandler("call_function_single", (c) => this.smp.runQueue(c));
@@ -426,14 +456,14 @@ export class XenLinux implements GuestImage, Scratch, PageSource {
   }
 
   private cpuBringup(cpu: GuestCpu): void {
-    this.setupTimer(cpu);
+    this.programTimer(cpu);
     this.percpu[cpu.vcpuId]!.online = true;
     this.printk(cpu, `CPU${cpu.vcpuId} up`);
     this.irqRestore(cpu, false);
   }
 
   /** Linux's Xen clockevent: the periodic timer off, a one-shot per tick. */
-  private setupTimer(cpu: GuestCpu): void {
+  programTimer(cpu: GuestCpu): void {
     this.hc.vcpuOp(cpu, VCPUOP.stop_periodic_timer, cpu.vcpuId);
     const pc = this.percpu[cpu.vcpuId]!;
     pc.nextTick = this.now(cpu) + TICK_NS;
@@ -446,6 +476,135 @@ export class XenLinux implements GuestImage, Scratch, PageSource {
     const now = this.now(cpu);
     while (pc.nextTick <= now) pc.nextTick += TICK_NS;
     this.hc.setSingleshotTimer(cpu, pc.nextTick);
+  }
+
+  // ---- suspend and resume (suspend.ts has the sequence) ----
+
+  requestSuspend(cpu: GuestCpu): void {
+    requestSuspend(this, cpu);
+  }
+
+  fixEnabled(fix: GuestFix): boolean {
+    return !disabledFixes(this.options.get("xensim.disable_fix")).has(fix);
+  }
+
+  get startInfoPfn(): number {
+    return (this.startInfoVa - this.base) / XEN_PAGE_SIZE;
+  }
+
+  private startInfoWord(cpu: GuestCpu, off: number): number {
+    return this.layout.ulong === 8 ? cpu.read64(this.startInfoVa + off) : cpu.read32(this.startInfoVa + off);
+  }
+
+  private setStartInfoWord(cpu: GuestCpu, off: number, value: number): void {
+    if (this.layout.ulong === 8) cpu.write64(this.startInfoVa + off, value);
+    else cpu.write32(this.startInfoVa + off, value);
+  }
+
+  /** xen_pv_pre_suspend: the store and console frames become pfns, which a restore maps anew. */
+  canonicaliseStartInfo(cpu: GuestCpu): void {
+    const S = this.layout.start_info;
+    for (const off of [S.store_mfn, S.console_mfn]) {
+      const pfn = this.m2p.get(this.startInfoWord(cpu, off));
+      if (pfn !== undefined) this.setStartInfoWord(cpu, off, pfn);
+    }
+  }
+
+  /** A cancelled suspend: the pfns back to the frames they still are. */
+  uncanonicaliseStartInfo(cpu: GuestCpu): void {
+    const S = this.layout.start_info;
+    for (const off of [S.store_mfn, S.console_mfn]) {
+      const pfn = this.startInfoWord(cpu, off);
+      if (pfn < this.nrPages) this.setStartInfoWord(cpu, off, this.pfnToMfn(cpu, pfn));
+    }
+  }
+
+  /** The fixmap slot of shared_info emptied: the frame is Xen's and a new domain gets another. */
+  unmapSharedInfo(cpu: GuestCpu): void {
+    const rc = cpu.hypercall(HYPERVISOR.update_va_mapping, ...pteArgs(this.width, FIX_SHARED_INFO[this.width], 0, 0, UVMF.INVLPG));
+    if (rc < 0) throw new Error(`cannot unmap shared_info: ${rc}`);
+  }
+
+  /** shared_info mapped at its fixmap slot from start_info.shared_info, and the kernel's views of it. */
+  mapSharedInfo(cpu: GuestCpu): void {
+    const mfn = Math.floor(this.startInfoWord(cpu, this.layout.start_info.shared_info) / XEN_PAGE_SIZE);
+    const rc = cpu.hypercall(HYPERVISOR.update_va_mapping, ...pteArgs(this.width, FIX_SHARED_INFO[this.width], pteLo(mfn, KERNEL_PROT), pteHi(mfn), UVMF.INVLPG));
+    if (rc < 0) throw new Error(`cannot map shared_info: ${rc}`);
+    const words = cpu.pageWords(FIX_SHARED_INFO[this.width]);
+    this.si = new DataView(words.buffer);
+    this.siBytes = new Uint8Array(words.buffer);
+    this.events?.backend.attachSharedInfo?.(words);
+  }
+
+  /**
+   * xen_build_mfn_list_list: the p2m list's frames, listed in middle pages, listed in a top page
+   * that shared_info's arch fields name, so that the toolstack can find the p2m of a suspended
+   * guest. Made at boot; filled again with the new frames after a restore.
+   */
+  buildMfnListList(cpu: GuestCpu): void {
+    const ul = this.layout.ulong;
+    const perPage = XEN_PAGE_SIZE / ul;
+    const firstLeaf = (this.mfnListVa - this.base) / XEN_PAGE_SIZE;
+    const leaves = Math.ceil(this.nrPages / perPage);
+    const mids = Math.ceil(leaves / perPage);
+    if (this.mfnListListPfns.length === 0) {
+      for (let i = 0; i < 1 + mids; i++) {
+        const pfn = this.allocPfn();
+        if (pfn === undefined) throw new Error("no memory for the p2m frame list");
+        this.mfnListListPfns.push(pfn);
+      }
+    }
+    const put = (pfn: number, i: number, v: number) => (ul === 8 ? cpu.write64(this.va(pfn) + i * 8, v) : cpu.write32(this.va(pfn) + i * 4, v));
+    const [top, ...mid] = this.mfnListListPfns;
+    cpu.pageWords(this.va(top!)).fill(0);
+    for (let m = 0; m < mids; m++) {
+      cpu.pageWords(this.va(mid[m]!)).fill(0);
+      for (let i = 0; i < perPage && m * perPage + i < leaves; i++) put(mid[m]!, i, this.pfnToMfn(cpu, firstLeaf + m * perPage + i));
+      put(top!, m, this.pfnToMfn(cpu, mid[m]!));
+    }
+    const A = this.layout.shared_info;
+    const si = this.si;
+    if (ul === 8) {
+      si.setBigUint64(A.arch_max_pfn, BigInt(this.nrPages), true);
+      si.setBigUint64(A.arch_pfn_to_mfn_frame_list_list, BigInt(this.pfnToMfn(cpu, top!)), true);
+    } else {
+      si.setUint32(A.arch_max_pfn, this.nrPages, true);
+      si.setUint32(A.arch_pfn_to_mfn_frame_list_list, this.pfnToMfn(cpu, top!), true);
+    }
+  }
+
+  /** The M2P as this domain's frames are now (a restore gave it new ones). */
+  rebuildM2p(cpu: GuestCpu): void {
+    this.m2p.clear();
+    for (let pfn = 0; pfn < this.nrPages; pfn++) this.m2p.set(this.pfnToMfn(cpu, pfn), pfn);
+  }
+
+  /** The kernel's state into its own pages; returns the header page's address. */
+  saveStateToPages(cpu: GuestCpu): number {
+    const bytes = encodeKernelState(this);
+    const saved = writeStateToPages(cpu, this, bytes);
+    this.suspend.statePfns = saved.pfns;
+    return saved.headerVa;
+  }
+
+  /** After the hypercall: the state pages are free again. */
+  freeStatePages(): void {
+    for (const pfn of this.suspend.statePfns) this.freePfn(pfn);
+    this.suspend.statePfns = [];
+  }
+
+  /** A fresh kernel entered at xen_suspend_return: the state rsp names becomes this kernel. */
+  private restoreFromPages(cpu: GuestCpu): void {
+    const bytes = readStateFromPages(cpu, this, cpu.getRegister("rsp"));
+    decodeKernelState(bytes, { cpu, kernel: this }, this);
+  }
+
+  /** xs_resume, the console and the workloads' devices in a new domain (new store and console channels). */
+  resumeDevices(cpu: GuestCpu): void {
+    const S = this.layout.start_info;
+    this.console?.resume(cpu, cpu.read32(this.startInfoVa + S.console_evtchn));
+    this.xenbus?.resume(cpu, cpu.read32(this.startInfoVa + S.store_evtchn));
+    for (const w of this.workloads) w.resume?.(this, cpu);
   }
 
   // ---- vCPU hotplug (kernel/cpu.c with Xen's smp_ops) ----
@@ -507,10 +666,17 @@ export class XenLinux implements GuestImage, Scratch, PageSource {
   private cpuBack(cpu: GuestCpu): void {
     const pc = this.percpu[cpu.vcpuId]!;
     pc.dead = false;
-    this.setupTimer(cpu);
+    this.programTimer(cpu);
     pc.online = true;
     this.printk(cpu, `CPU${cpu.vcpuId} up`);
     this.irqRestore(cpu, false);
+  }
+
+  /** After a restore (the last revive hook): the kernel's own handlers. */
+  kstateRevive(): void {
+    // The fresh kernel's width made its layout; the state must be of a kernel of that width.
+    if (this.layout.width !== this.width) throw new Error(`a ${this.width}-bit kernel's state in a ${this.layout.width}-bit kernel`);
+    this.registerHandlers();
   }
 
   /** Online CPUs as a mask array (for IPI fan-out). */
@@ -519,3 +685,4 @@ export class XenLinux implements GuestImage, Scratch, PageSource {
   }
 }
 
+registerKernelClass("XenLinux", XenLinux, { transient: XENLINUX_TRANSIENT });

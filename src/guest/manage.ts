@@ -5,16 +5,27 @@
 import type { GuestCpu } from "../abi/cpu.ts";
 import { SHUTDOWN } from "../abi/xen.ts";
 import type { Hypercalls } from "./hypercalls.ts";
-import type { XenBus } from "./xenbus.ts";
 
-/** The requests this kernel acts on; suspend is advertised but not carried out yet. */
+/** What the shutdown and sysrq handlers need of the kernel. */
+export interface ManageKernel {
+  readonly hc: Hypercalls;
+  printk(cpu: GuestCpu, text: string): void;
+  panic(cpu: GuestCpu, why: string): void;
+  /** do_suspend (suspend.ts). */
+  requestSuspend(cpu: GuestCpu): void;
+}
+import { registerKernelClass } from "./kstate.ts";
+import type { XenBus, XsWatcher } from "./xenbus.ts";
+
+/** The requests this kernel acts on (shutdown_handlers[]). */
 const SHUTDOWN_HANDLERS: Readonly<Record<string, number>> = {
   poweroff: SHUTDOWN.poweroff,
   halt: SHUTDOWN.poweroff,
   reboot: SHUTDOWN.reboot,
+  suspend: SHUTDOWN.suspend,
 };
 
-export class ShutdownWatcher {
+export class ShutdownWatcher implements XsWatcher {
   /** Requests seen, handled or ignored (for tests and dmesg). */
   readonly seen: string[] = [];
   /** Commits that came back EAGAIN and were retried. */
@@ -22,34 +33,38 @@ export class ShutdownWatcher {
 
   constructor(
     private readonly xs: XenBus,
-    private readonly hc: Hypercalls,
-    private readonly log: (cpu: GuestCpu, text: string) => void,
-    private readonly panic: (cpu: GuestCpu, why: string) => void,
+    private readonly k: ManageKernel,
   ) {}
+
+  /** The watches name this object, not closures, so that they survive a save. */
+  xsWatchEvent(cpu: GuestCpu, _path: string, token: string): void {
+    if (token === "shutdown") this.shutdownHandler(cpu);
+    else if (token === "sysrq") this.sysrqHandler(cpu);
+  }
 
   /** setup_shutdown_watcher. */
   setup(cpu: GuestCpu): void {
     for (const feature of ["poweroff", "reboot", "suspend"]) {
       this.xs.write(cpu, 0, `control/feature-${feature}`, "1", (c, err) => {
-        if (err) this.log(c, `xen: failed to set control/feature-${feature}: ${err}`);
+        if (err) this.k.printk(c, `xen: failed to set control/feature-${feature}: ${err}`);
       });
     }
     this.xs.watch(
       cpu,
       "control/shutdown",
       "shutdown",
-      (c) => this.shutdownHandler(c),
+      this,
       (c, err) => {
-        if (err) this.log(c, `xen: failed to set shutdown watcher: ${err}`);
+        if (err) this.k.printk(c, `xen: failed to set shutdown watcher: ${err}`);
       },
     );
     this.xs.watch(
       cpu,
       "control/sysrq",
       "sysrq",
-      (c) => this.sysrqHandler(c),
+      this,
       (c, err) => {
-        if (err) this.log(c, `xen: failed to set sysrq watcher: ${err}`);
+        if (err) this.k.printk(c, `xen: failed to set sysrq watcher: ${err}`);
       },
     );
   }
@@ -73,8 +88,8 @@ export class ShutdownWatcher {
 
   /** handle_sysrq, for the keys this kernel has: 'c' crashes it, as sysrq-trigger does. */
   private sysrq(cpu: GuestCpu, key: string): void {
-    this.log(cpu, `sysrq: ${key === "c" ? "Trigger a crash" : `HELP : crash(c) (key ${JSON.stringify(key)} not handled)`}`);
-    if (key === "c") this.panic(cpu, "sysrq triggered crash");
+    this.k.printk(cpu, `sysrq: ${key === "c" ? "Trigger a crash" : `HELP : crash(c) (key ${JSON.stringify(key)} not handled)`}`);
+    if (key === "c") this.k.panic(cpu, "sysrq triggered crash");
   }
 
   /** shutdown_handler. */
@@ -107,10 +122,16 @@ export class ShutdownWatcher {
     if (request === "") return;
     this.seen.push(request);
     if (reason === undefined) {
-      this.log(cpu, `xen:manage: Ignoring shutdown request: ${request}`);
+      this.k.printk(cpu, `xen:manage: Ignoring shutdown request: ${request}`);
       return;
     }
-    this.log(cpu, reason === SHUTDOWN.reboot ? "reboot: Restarting system" : "reboot: Power down");
-    this.hc.shutdown(cpu, reason);
+    if (reason === SHUTDOWN.suspend) {
+      this.k.requestSuspend(cpu);
+      return;
+    }
+    this.k.printk(cpu, reason === SHUTDOWN.reboot ? "reboot: Restarting system" : "reboot: Power down");
+    this.k.hc.shutdown(cpu, reason);
   }
 }
+
+registerKernelClass("ShutdownWatcher", ShutdownWatcher);

@@ -21,6 +21,7 @@ import {
   XEN_L4_SLOT_END,
 } from "../abi/x86.ts";
 import { MMUEXT, UVMF, XEN_PAGE_SIZE } from "../abi/xen.ts";
+import { registerKernelClass } from "./kstate.ts";
 import { LAZY, type Multicalls } from "./multicalls.ts";
 import type { SmpCalls } from "./smp.ts";
 
@@ -121,8 +122,21 @@ export class XenMmu {
     // xen_mark_init_mm_pinned: the builder pinned the boot tables.
     for (const pfn of [init.pgd, ...init.tables]) this.pinnedFlag[pfn] = 1;
     this.percpu = Array.from({ length: k.nrCpus }, () => ({ activeMm: this.initMm, xenCr3: init.pgd, xenCurrentCr3: init.pgd }));
-    smp.register("drop_other_mm_ref", (cpu, mmId) => this.dropOtherMmRef(cpu, mmId));
-    smp.register("flush_tlb_func", (cpu, va) => this.localFlush(cpu, va < 0 ? undefined : va));
+    this.wire();
+  }
+
+  /** The IPI functions and the multicall callback by name (again after a restore: registries are not state). */
+  private wire(): void {
+    this.smp.register("drop_other_mm_ref", (cpu, mmId) => this.dropOtherMmRef(cpu, mmId));
+    this.smp.register("flush_tlb_func", (cpu, va) => this.localFlush(cpu, va < 0 ? undefined : va));
+    // set_current_cr3: the batch with the switch is issued, so Xen has the pgd now.
+    this.mc.registerCallback("xen_set_current_cr3", (cpu, pgd) => {
+      this.percpu[cpu.vcpuId]!.xenCurrentCr3 = pgd;
+    });
+  }
+
+  kstateRevive(): void {
+    this.wire();
   }
 
   private newMm(pgd: number, userPgd: number, kernelPmd: number): Mm {
@@ -339,9 +353,7 @@ export class XenMmu {
     if (this.k.width === 64) {
       this.mc.mmuext(cpu, MMUEXT.NEW_USER_BASEPTR, mm.userPgd >= 0 ? this.mfn(cpu, mm.userPgd) : 0, 0, `user pgd pfn ${mm.userPgd}`);
     }
-    this.mc.callback(cpu, () => {
-      pc.xenCurrentCr3 = mm.pgd;
-    });
+    this.mc.callback(cpu, "xen_set_current_cr3", mm.pgd);
     this.mc.issue(cpu, LAZY.CPU);
   }
 
@@ -470,3 +482,5 @@ export class XenMmu {
     return 0;
   }
 }
+
+registerKernelClass("XenMmu", XenMmu);

@@ -1,12 +1,14 @@
 // Per-CPU hypercall batching (arch/x86/xen/multicalls.c) and the paravirt lazy modes. Entries
 // are built in a per-CPU buffer of kernel memory and issued as one HYPERVISOR_multicall; a
-// callback queued with them runs once they have been issued (as set_current_cr3 does).
+// callback queued with them runs once they have been issued (as set_current_cr3 does); it is
+// named, with an argument, so that a batch held back in a lazy mode is plain data.
 // In a lazy mode the batch stays queued until the mode ends, possibly across a reschedule.
 
 import type { GuestCpu } from "../abi/cpu.ts";
 import type { Layout } from "../abi/layout.ts";
-import { MMU_UPDATE } from "../abi/layout.ts";
+import { layoutFor, MMU_UPDATE } from "../abi/layout.ts";
 import { DOMID_SELF, HYPERVISOR, MMUEXT } from "../abi/xen.ts";
+import { type KstateEnv, registerKernelClass } from "./kstate.ts";
 
 /** MC_BATCH: entries per batch. MC_ARGS: bytes of argument space. */
 export const MC_BATCH = 32;
@@ -24,11 +26,19 @@ interface Batch {
   argBytes: number;
   /** What each entry was, for the failure report. */
   what: string[];
-  callbacks: (() => void)[];
+  callbacks: McCallback[];
   lazy: number;
   /** The entry an mmu_update may be appended to, or -1. */
   mmuEntry: number;
 }
+
+/** A callback queued with a batch: a registered function's name and its argument. */
+export interface McCallback {
+  fn: string;
+  arg: number;
+}
+
+export type McCallbackFn = (cpu: GuestCpu, arg: number) => void;
 
 /** local_irq_save / restore around issuing a batch, so that no upcall reuses the buffer. */
 export interface IrqControl {
@@ -38,15 +48,27 @@ export interface IrqControl {
 
 export class Multicalls {
   private readonly batches: Batch[];
+  /** Callbacks by name; not state: whoever registered one registers it again after a restore. */
+  private callbackFns = new Map<string, McCallbackFn>();
   issued = 0;
   flushes = 0;
 
   constructor(
-    private readonly layout: Layout,
+    private layout: Layout,
     buffers: readonly { entriesVa: number; argsVa: number }[],
     private readonly irq: IrqControl,
   ) {
     this.batches = buffers.map((b) => ({ ...b, count: 0, argBytes: 0, what: [], callbacks: [], lazy: LAZY.NONE, mmuEntry: -1 }));
+  }
+
+  /** After a restore, before any kstateRevive: an empty registry for the callbacks to come back to. */
+  kstateInit(): void {
+    this.callbackFns = new Map();
+  }
+
+  /** After a restore: the layout constant again (the batches are data). */
+  kstateRevive(env: KstateEnv): void {
+    this.layout = layoutFor(env.kernel.width);
   }
 
   lazyMode(cpu: GuestCpu): number {
@@ -74,8 +96,13 @@ export class Multicalls {
   }
 
   /** Runs `fn` after the batch now being built is issued. */
-  callback(cpu: GuestCpu, fn: () => void): void {
-    this.batches[cpu.vcpuId]!.callbacks.push(fn);
+  callback(cpu: GuestCpu, fn: string, arg: number): void {
+    if (!this.callbackFns.has(fn)) throw new Error(`multicall callback ${fn} is not registered`);
+    this.batches[cpu.vcpuId]!.callbacks.push({ fn, arg });
+  }
+
+  registerCallback(name: string, fn: McCallbackFn): void {
+    this.callbackFns.set(name, fn);
   }
 
   /** __xen_mc_entry: an entry for `op` with `argBytes` of argument space; flushes first if full. */
@@ -197,9 +224,11 @@ export class Multicalls {
       }
       this.irq.irqRestore(cpu, masked);
     }
-    for (const fn of callbacks) fn();
+    for (const cb of callbacks) this.callbackFns.get(cb.fn)!(cpu, cb.arg);
     if (failed.length > 0) {
       throw new Error(`kernel BUG in xen_mc_flush: ${failed.length} of ${n} multicall(s) failed: cpu ${cpu.vcpuId}: ${failed.join("; ")}`);
     }
   }
 }
+
+registerKernelClass("Multicalls", Multicalls, { transient: ["layout", "callbackFns"] });

@@ -4,6 +4,8 @@
 // and a finished line waits for a reader. No process reads the console in this kernel, so lines
 // are only kept (the last few) and counted.
 
+import { registerKernelClass } from "./kstate.ts";
+
 /** termios c_cc defaults (include/uapi/asm-generic/termbits.h, INIT_C_CC). */
 const VINTR = 0x03;
 const VQUIT = 0x1c;
@@ -97,3 +99,5 @@ function isBlank(c: number): boolean {
 function ctl(c: number): string {
   return `^${String.fromCharCode(c === 0x7f ? 0x3f : c ^ 0x40)}`;
 }
+
+registerKernelClass("NTty", NTty);

@@ -4,6 +4,7 @@
 
 import type { GuestCpu } from "../abi/cpu.ts";
 import { XEN_IPI, type XenEvents } from "./events.ts";
+import { registerKernelClass } from "./kstate.ts";
 
 export interface CallRequest {
   fn: string;
@@ -17,7 +18,8 @@ export type SmpFunction = (cpu: GuestCpu, arg: number, from: number) => void;
 
 export class SmpCalls {
   readonly queues: CallRequest[][];
-  readonly functions = new Map<string, SmpFunction>();
+  /** Functions by name; not state: whoever registered one registers it again after a restore. */
+  functions = new Map<string, SmpFunction>();
   ipisSent = 0;
   callsRun = 0;
   /** Calls still to run for each waiting sender (smp_call_function with wait = 1). */
@@ -29,6 +31,11 @@ export class SmpCalls {
     private readonly events: XenEvents,
   ) {
     this.queues = Array.from({ length: nrCpus }, () => []);
+  }
+
+  /** After a restore, before any kstateRevive: an empty registry for the functions to come back to. */
+  kstateInit(): void {
+    this.functions = new Map();
   }
 
   register(name: string, fn: SmpFunction): void {
@@ -55,6 +62,11 @@ export class SmpCalls {
       this.sendIpi(cpu, t, XEN_IPI.CALL_FUNCTION);
     }
     return waitId;
+  }
+
+  /** No call queued anywhere and no sender waiting: what a suspend's stop_machine waits for. */
+  idle(): boolean {
+    return this.waits.size === 0 && this.queues.every((q) => q.length === 0);
   }
 
   done(waitId: number): boolean {
@@ -91,3 +103,5 @@ export class SmpCalls {
     }
   }
 }
+
+registerKernelClass("SmpCalls", SmpCalls, { transient: ["functions"] });

@@ -8,6 +8,7 @@ import { PageFault } from "../abi/cpu.ts";
 import { HYPERVISOR, SCHEDOP, XEN_PAGE_SIZE } from "../abi/xen.ts";
 import type { Rng } from "../util/rng.ts";
 import { XEN_IPI } from "./events.ts";
+import { registerKernelClass } from "./kstate.ts";
 import { type Mm, USER_BASE, type XenMmu } from "./mmu.ts";
 import { LAZY } from "./multicalls.ts";
 import type { SmpCalls } from "./smp.ts";
@@ -368,3 +369,5 @@ export class TaskSched {
     page.writable = true;
   }
 }
+
+registerKernelClass("TaskSched", TaskSched);

@@ -12,6 +12,7 @@
 
 import type { GuestCpu } from "../abi/cpu.ts";
 import { TICK_NS, type Workload, type XenLinux } from "./kernel.ts";
+import { type KstateEnv, registerKernelClass } from "./kstate.ts";
 import { ForkExec, IpiStorm } from "./workloads_mm.ts";
 
 /** Per-port event accounting shared by the workloads: a sender counts sends, a receiver handler runs. */
@@ -35,10 +36,19 @@ export class IpiPingPong implements Workload {
   ) {
     this.received = new Array(k.nrCpus).fill(0);
     this.kick = new Array(k.nrCpus).fill(false);
+    this.wire(k);
+  }
+
+  /** The IPI function by name (again after a restore: the registry is not state). */
+  private wire(k: XenLinux): void {
     k.smp.register("ipi_pingpong", (cpu, round, from) => {
       this.received[cpu.vcpuId]!++;
       if (round < this.rounds) k.smp.callFunctionSingle(cpu, from, "ipi_pingpong", round + 1);
     });
+  }
+
+  kstateRevive(env: KstateEnv): void {
+    this.wire(env.kernel);
   }
 
   start(k: XenLinux): void {
@@ -76,11 +86,20 @@ export class EvtchnPingPong implements Workload {
     private readonly role: { listen: number } | { dom: number; port: number },
     readonly rounds: number,
   ) {
+    this.wire(k);
+  }
+
+  /** The irq handler by name (again after a restore: the registry is not state). */
+  private wire(k: XenLinux): void {
     k.events.registerHandler("evtchn_pingpong", (cpu) => {
       this.stats.handled++;
       // Events up to the N-th are echoed, so the listener gets N and the connector N + 1.
       if (!this.stopping && (this.rounds === 0 || this.stats.handled <= this.rounds)) this.send(k, cpu);
     });
+  }
+
+  kstateRevive(env: KstateEnv): void {
+    this.wire(env.kernel);
   }
 
   start(k: XenLinux, cpu: GuestCpu): void {
@@ -124,11 +143,20 @@ export class FanIn implements Workload {
     private readonly lateeoi = false,
   ) {
     for (let i = 0; i < role.count; i++) this.ports.push(newStats());
+    this.wire(k);
+  }
+
+  /** The irq handler by name (again after a restore: the registry is not state). */
+  private wire(k: XenLinux): void {
     k.events.registerHandler("fanin", (cpu, irq, devId) => {
       this.ports[devId]!.handled++;
       // A lateeoi driver finishes its work, then EOIs: the event was real, not spurious.
       if (this.lateeoi) k.events.lateeoi(cpu, irq, false);
     });
+  }
+
+  kstateRevive(env: KstateEnv): void {
+    this.wire(env.kernel);
   }
 
   get isSender(): boolean {
@@ -200,3 +228,7 @@ export function workloadsFromCmdline(k: XenLinux): Workload[] {
   if (k.option("ipistorm", "0") === "1") out.push(new IpiStorm());
   return out;
 }
+
+registerKernelClass("IpiPingPong", IpiPingPong);
+registerKernelClass("EvtchnPingPong", EvtchnPingPong);
+registerKernelClass("FanIn", FanIn);

@@ -7,6 +7,7 @@
 
 import type { GuestCpu } from "../abi/cpu.ts";
 import type { Workload, XenLinux } from "./kernel.ts";
+import { type KstateEnv, registerKernelClass } from "./kstate.ts";
 import { TaskSched } from "./tasks.ts";
 
 export class ForkExec implements Workload {
@@ -73,6 +74,11 @@ export class IpiStorm implements Workload {
   start(k: XenLinux): void {
     this.waits = new Array(k.nrCpus).fill(0);
     this.parked = new Array(k.nrCpus).fill(false);
+    this.wire(k);
+  }
+
+  /** The IPI functions by name (again after a restore: the registry is not state). */
+  private wire(k: XenLinux): void {
     k.smp.register("ipistorm_ping", () => {
       this.received++;
     });
@@ -82,6 +88,10 @@ export class IpiStorm implements Workload {
         this.parkedCount++;
       }
     });
+  }
+
+  kstateRevive(env: KstateEnv): void {
+    this.wire(env.kernel);
   }
 
   step(k: XenLinux, cpu: GuestCpu): boolean {
@@ -139,3 +149,6 @@ export class IpiStorm implements Workload {
     return out;
   }
 }
+
+registerKernelClass("ForkExec", ForkExec);
+registerKernelClass("IpiStorm", IpiStorm);

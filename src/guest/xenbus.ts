@@ -21,11 +21,19 @@ import {
   takeXsMessages,
 } from "../abi/xs_wire.ts";
 import type { XenEvents } from "./events.ts";
+import { KstateError, type KstateEnv, registerKernelClass } from "./kstate.ts";
 
 /** A reply: `err` is xenstored's error string (EAGAIN, ENOENT...) or undefined. */
 export type XsReply = (cpu: GuestCpu, err: string | undefined, payload: Uint8Array) => void;
 /** A watch callback: the path that changed and the token it was registered with. */
 export type XsWatchFn = (cpu: GuestCpu, path: string, token: string) => void;
+/**
+ * A watch callback that survives a save: the watching object itself (a kernel class), kept as a
+ * reference where a closure could not be.
+ */
+export interface XsWatcher {
+  xsWatchEvent(cpu: GuestCpu, path: string, token: string): void;
+}
 
 /** The transaction id of requests outside any transaction (XBT_NIL). */
 export const XBT_NIL = 0;
@@ -37,8 +45,9 @@ interface Pending {
 }
 
 export class XenBus {
-  private readonly ring: Uint8Array;
-  private readonly idx: DataView;
+  /** Views of the ring page (derived again from ringVa after a restore). */
+  private ring: Uint8Array;
+  private idx: DataView;
   private irq = -1;
   private nextReqId = 1;
   /** Bytes waiting for room in the request ring. */
@@ -48,7 +57,12 @@ export class XenBus {
   private readonly pending: Pending[] = [];
   /** Whole messages read from the ring, handled one per step. */
   private readonly inbox: { type: number; reqId: number; payload: Uint8Array }[] = [];
-  private readonly watches = new Map<string, XsWatchFn>();
+  /** By token. A closure here cannot be saved: watchers that must survive a suspend pass themselves. */
+  private readonly watches = new Map<string, XsWatchFn | XsWatcher>();
+  /** The path each watch (by token) is on: what a resume registers again. */
+  private readonly watchPaths = new Map<string, string>();
+  /** xs_suspend: watch events wait in the inbox until the resume. */
+  private suspended = false;
   /** Set when the ring broke (bad indexes, oversized message): no more traffic. */
   broken: string | undefined;
   requests = 0;
@@ -58,12 +72,27 @@ export class XenBus {
     private readonly events: XenEvents,
     /** The ring page's words, through the kernel's own mapping of it. */
     ringWords: Uint32Array,
-    readonly port: number,
-    private readonly log: (cpu: GuestCpu, text: string) => void,
+    public port: number,
+    private log: (cpu: GuestCpu, text: string) => void,
+    /** Where the kernel maps the ring page: what a restore derives the views from again. */
+    private readonly ringVa?: number,
   ) {
     this.ring = new Uint8Array(ringWords.buffer, ringWords.byteOffset, 4096);
     this.idx = new DataView(ringWords.buffer, ringWords.byteOffset, 4096);
     events.registerHandler("xenbus", (cpu) => this.interrupt(cpu));
+  }
+
+  /**
+   * After a restore: the ring's views, printk, and the irq handler again. Replies in flight are
+   * closures, so a save finds none (a suspend waits for xenbus to be idle).
+   */
+  kstateRevive(env: KstateEnv): void {
+    if (this.ringVa === undefined) throw new KstateError("kstate: XenBus was not given its ring's address (ringVa)");
+    const words = env.cpu.pageWords(this.ringVa);
+    this.ring = new Uint8Array(words.buffer, words.byteOffset, 4096);
+    this.idx = new DataView(words.buffer, words.byteOffset, 4096);
+    this.log = (c, t) => env.kernel.printk(c, t);
+    this.events.registerHandler("xenbus", (cpu) => this.interrupt(cpu));
   }
 
   /** xenbus_init for a domU: the store channel gets its irq. Returns 0 or -errno. */
@@ -125,10 +154,14 @@ export class XenBus {
   }
 
   /** register_xenbus_watch: `fn` runs for the initial event and every change under `path`. */
-  watch(cpu: GuestCpu, path: string, token: string, fn: XsWatchFn, done: (cpu: GuestCpu, err: string | undefined) => void): void {
+  watch(cpu: GuestCpu, path: string, token: string, fn: XsWatchFn | XsWatcher, done: (cpu: GuestCpu, err: string | undefined) => void): void {
     this.watches.set(token, fn);
+    this.watchPaths.set(token, path);
     this.request(cpu, XS.WATCH, XBT_NIL, [path, token], (c, err) => {
-      if (err) this.watches.delete(token);
+      if (err) {
+        this.watches.delete(token);
+        this.watchPaths.delete(token);
+      }
       done(c, err);
     });
   }
@@ -137,17 +170,62 @@ export class XenBus {
     return this.pending.length;
   }
 
+  // ---- suspend and resume (xs_suspend, xs_suspend_cancel, xs_resume) ----
+
+  /** No request in flight, none waiting for the ring, no reply half read: a suspend may go on. */
+  idle(): boolean {
+    return this.pending.length === 0 && this.outbuf.length === 0 && this.inbuf.length === 0;
+  }
+
+  suspend(): void {
+    this.suspended = true;
+  }
+
+  /** A cancelled suspend: the same channel, the same watches; held events are handled now. */
+  resumeCancelled(): void {
+    this.suspended = false;
+  }
+
+  /**
+   * xs_resume in a new domain: the store has a new channel; the ring's leftovers are dropped
+   * (xb_init_comms), and every watch is registered again with xenstored.
+   */
+  resume(cpu: GuestCpu, port: number): void {
+    this.suspended = false;
+    if (this.irq >= 0) this.events.unbindFromIrqhandler(cpu, this.irq);
+    this.irq = -1;
+    this.port = port;
+    const rspProd = this.idx.getUint32(RING.rsp_prod, true);
+    if (this.idx.getUint32(RING.rsp_cons, true) !== rspProd) {
+      this.log(cpu, "xenbus: response queue not empty after resume; dropping it");
+      this.idx.setUint32(RING.rsp_cons, rspProd, true);
+    }
+    this.inbuf = new Uint8Array(0);
+    const rc = this.init(cpu);
+    if (rc < 0) {
+      this.fail(cpu, `cannot bind the store channel ${port} after resume: ${rc}`);
+      return;
+    }
+    for (const [token, path] of this.watchPaths) {
+      this.request(cpu, XS.WATCH, XBT_NIL, [path, token], (c, err) => {
+        if (err) this.log(c, `xenbus: re-registering watch ${path} after resume failed: ${err}`);
+      });
+    }
+  }
+
   // ---- the kernel threads' work ----
 
   /** Handles one message read from the ring. Returns false if there was none. */
   step(cpu: GuestCpu): boolean {
+    if (this.suspended) return false;
     const msg = this.inbox.shift();
     if (!msg) return false;
     if (msg.type === XS.WATCH_EVENT) {
       this.watchEvents++;
       const [path = "", token = ""] = xsStringList(msg.payload);
       const fn = this.watches.get(token);
-      if (fn) fn(cpu, path, token);
+      if (typeof fn === "function") fn(cpu, path, token);
+      else fn?.xsWatchEvent(cpu, path, token);
       return true;
     }
     const i = this.pending.findIndex((p) => p.reqId === msg.reqId);
@@ -224,3 +302,5 @@ export class XenBus {
     return false;
   }
 }
+
+registerKernelClass("XenBus", XenBus, { transient: ["ring", "idx", "log"] });

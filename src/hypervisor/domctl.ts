@@ -454,6 +454,19 @@ export class Privcmd {
     return this.hv.populatePhysmap(d, gpfns);
   }
 
+  /**
+   * XENMEM_maximum_gpfn: for a PV domain, what its shared_info's arch.max_pfn says (the number of
+   * pfns the guest declares, written by the guest itself), less one; 0 while it says nothing.
+   */
+  maximum_gpfn(domid: number): number {
+    const d = this.target(domid);
+    if (typeof d === "number") return d;
+    const dv = new DataView(d.sharedInfoBytes.buffer, d.sharedInfoBytes.byteOffset, d.sharedInfoBytes.byteLength);
+    const off = d.layout.shared_info.arch_max_pfn;
+    const nr = d.layout.ulong === 8 ? Number(dv.getBigUint64(off, true) & 0xf_ffff_ffff_ffffn) : dv.getUint32(off, true);
+    return Math.max(nr, 1) - 1;
+  }
+
   /** EVTCHNOP_alloc_unbound with dom = `domid`: a port there that `remoteDomid` may bind. */
   evtchn_alloc_unbound(domid: number, remoteDomid: number): number {
     const denied = this.checkCaller();

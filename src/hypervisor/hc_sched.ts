@@ -3,10 +3,10 @@
 
 import { SCHED_SHUTDOWN, VCPU_SET_PERIODIC_TIMER } from "../abi/layout.ts";
 import { vcpuGuestContextSize } from "../abi/vcpu_context.ts";
-import { XEN_ERRNO as E, MAX_VIRT_CPUS, SCHEDOP, VCPU_SSHOTTMR_future, VCPUOP } from "../abi/xen.ts";
+import { XEN_ERRNO as E, MAX_VIRT_CPUS, SCHEDOP, SHUTDOWN, VCPU_SSHOTTMR_future, VCPUOP } from "../abi/xen.ts";
 import { ECS } from "./evtchn.ts";
 import type { Hypervisor } from "./hypervisor.ts";
-import { NO_DEADLINE, type Vcpu } from "./vcpu.ts";
+import { NO_DEADLINE, REG, type Vcpu } from "./vcpu.ts";
 import { archSetInfoGuest } from "./vcpu_context.ts";
 
 /** Xen refuses periodic timers faster than 1 ms or slower than STIME_DELTA_MAX. */
@@ -17,7 +17,7 @@ const MAX_POLL_PORTS = 128;
 const HUGE_TIMEOUT_NS = 2 ** 50;
 const HUGE_TIMEOUT_FALLBACK_NS = 100_000_000;
 
-export function doSchedOp(hv: Hypervisor, v: Vcpu, cmd: number, arg: number): number {
+export function doSchedOp(hv: Hypervisor, v: Vcpu, cmd: number, arg: number, arg3 = 0): number {
   const g = hv.guest;
   switch (cmd) {
     case SCHEDOP.yield:
@@ -32,6 +32,9 @@ export function doSchedOp(hv: Hypervisor, v: Vcpu, cmd: number, arg: number): nu
       return doPoll(hv, v, arg);
     case SCHEDOP.shutdown: {
       const reason = g.u32(v, arg + SCHED_SHUTDOWN.reason);
+      // HYPERVISOR_suspend's third argument (the start_info frame) stays in rdx/edx, where the
+      // toolstack's save reads it from the vCPU context.
+      if (reason === SHUTDOWN.suspend) v.setReg(REG.rdx, v.width === 64 ? arg3 : arg3 >>> 0);
       hv.shutdownDomain(v.domain, reason);
       return 0;
     }

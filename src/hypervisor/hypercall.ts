@@ -38,7 +38,7 @@ export function dispatchHypercall(
         return doEventChannelOp(hv, v, cmd, a1 + EVTCHN_OP_COMPAT.u);
       }
       case HYPERVISOR.sched_op:
-        return doSchedOp(hv, v, a1, a2);
+        return doSchedOp(hv, v, a1, a2, a3);
       case HYPERVISOR.sched_op_compat:
         return doSchedOpCompat(hv, v, a1, a2);
       case HYPERVISOR.set_timer_op:

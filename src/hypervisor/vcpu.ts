@@ -264,6 +264,14 @@ export class Vcpu implements GuestCpu {
     return this.host.now(this);
   }
 
+  getRegister(name: GprName): number {
+    return this.reg(REG[name]);
+  }
+
+  setRegister(name: GprName, value: number): void {
+    this.setReg(REG[name], value);
+  }
+
   spend(ns: number): void {
     this.host.spend(this, ns);
   }

@@ -22,6 +22,8 @@ import { ConsoleRing } from "../xenconsoled/xenconsoled.ts";
 import { Xenstored, type XsClock, type XsDomainBackend, type XsTransport } from "../xenstored/daemon.ts";
 import { XsRingTransport } from "../xenstored/xs_ring.ts";
 import { LocalXs } from "../xenstore/local_xs.ts";
+import { decodeVcpuGuestContext, encodeVcpuGuestContext } from "../../abi/vcpu_context.ts";
+import { type OpenedImage, restoreImage, type TransferProgress } from "./save_restore.ts";
 import type { GuestConfig } from "./guest_cfg.ts";
 
 /** What the toolstack has of the machine it runs on: privcmd in dom0, and the clock that drives it. */
@@ -236,6 +238,16 @@ export class Host {
     } catch (e) {
       throw new HostError(`cannot build ${cfg.name}: ${(e as Error).message}`);
     }
+    const hd = this.admit(cfg, uuid, kernel, built, opts);
+    if (!opts.paused) this.unpause(hd.domid);
+    return hd;
+  }
+
+  /**
+   * What create and restore share once the domain has its memory: xenconsoled maps the console,
+   * the xenstore area is written, xenstored is told of the domain, dom0 binds the console.
+   */
+  private admit(cfg: GuestConfig, uuid: string, kernel: XenLinux, built: BuiltDomain, opts: { fastRestarts?: number; monitor?: boolean }): HostDomain {
     const domid = built.domid;
     const consoleMap = this.xc.map_foreign_pages(domid, PROT_READ | PROT_WRITE, [built.consoleMfn]);
     if (typeof consoleMap === "number") {
@@ -271,8 +283,83 @@ export class Host {
         }
       },
     );
-    if (!opts.paused) this.unpause(domid);
     return hd;
+  }
+
+  // ---- save and restore (xl save / xl restore; the image format is in save_restore.ts) ----
+
+  /** libxl__domain_suspend for a PV guest: the request goes into control/shutdown, as a shutdown's does. */
+  requestSuspend(domid: number): void {
+    this.info(domid);
+    this.xs.write(`/local/domain/${domid}/control/shutdown`, "suspend");
+  }
+
+  /** Whether the domain has shut down for a suspend (what libxl waits for before saving). */
+  suspended(domid: number): boolean {
+    const info = this.tryInfo(domid);
+    return info !== undefined && (info.flags & DOMINF.shutdown) !== 0 && dominfShutdownCode(info.flags) === SHUTDOWN.suspend;
+  }
+
+  /**
+   * libxl_domain_resume with suspend_cancel (xc_domain_resume's cooperative path): vCPU 0's
+   * suspend hypercall returns 1, the domain runs on where it was, and xenstored may fire
+   * @releaseDomain for it again.
+   */
+  resumeSuspended(domid: number): void {
+    const hd = this.domains.get(domid);
+    const raw = this.xc.getvcpucontext(domid, 0);
+    if (typeof raw === "number") throw new HostError(`cannot resume domain ${domid}: getvcpucontext failed (${errnoName(raw)})`);
+    const width = hd?.built.width ?? 64;
+    const ctx = decodeVcpuGuestContext(width, raw);
+    ctx.user_regs.rax = 1n;
+    this.checked("setvcpucontext", this.xc.setvcpucontext(domid, 0, encodeVcpuGuestContext(width, ctx)));
+    this.checked("resumedomain", this.xc.resumedomain(domid));
+    this.xs.resume(domid);
+    if (hd) hd.handled = false;
+  }
+
+  /**
+   * xl restore: a domain made for the image (createdomain, max_vcpus, max_mem, the store and
+   * console channels), filled by libxc's restore a batch per step, then admitted as a created
+   * domain is. Anything that fails destroys what was made.
+   */
+  *restore(cfg: GuestConfig, img: OpenedImage, opts: { paused?: boolean; monitor?: boolean } = {}): Generator<TransferProgress, HostDomain, void> {
+    if (this.nameToDomid(cfg.name) !== undefined) throw new HostError(`Domain with name "${cfg.name}" already exists.`);
+    const width = img.pvInfo.guestWidth === 8 ? 64 : 32;
+    const kernel = new XenLinux(width, workloadsFromCmdline);
+    const domid = this.xc.createdomain(
+      { handle: uuidBytes(cfg.uuid), maxVcpus: cfg.maxVcpus, maxEvtchnPort: Math.min(cfg.maxEventChannels, 131071), privileged: false, label: cfg.name },
+      kernel,
+    );
+    if (domid < 0) throw new HostError(`${cfg.name}: createdomain failed (${errnoName(domid)})`);
+    let admitted = false;
+    try {
+      this.checked("max_vcpus", this.xc.max_vcpus(domid, cfg.maxVcpus));
+      this.checked("max_mem", this.xc.max_mem(domid, cfg.maxmemMiB * 1024));
+      const storeEvtchn = this.checked("alloc_unbound (store)", this.xc.evtchn_alloc_unbound(domid, 0));
+      const consoleEvtchn = this.checked("alloc_unbound (console)", this.xc.evtchn_alloc_unbound(domid, 0));
+      const r = yield* restoreImage(this.xc, domid, img, { storeEvtchn, consoleEvtchn, maxVcpus: cfg.maxVcpus });
+      const built: BuiltDomain = {
+        domid,
+        width,
+        p2m: r.p2m,
+        startInfoPfn: r.startInfoPfn,
+        storePfn: r.p2m.indexOf(r.storeMfn),
+        consolePfn: r.p2m.indexOf(r.consoleMfn),
+        storeMfn: r.storeMfn,
+        consoleMfn: r.consoleMfn,
+        storeEvtchn,
+        consoleEvtchn,
+      };
+      const hd = this.admit(cfg, cfg.uuid, kernel, built, opts);
+      admitted = true;
+      if (!opts.paused) this.unpause(domid);
+      return hd;
+    } catch (e) {
+      if (admitted) this.destroy(domid);
+      else this.xc.destroydomain(domid);
+      throw e;
+    }
   }
 
   /** The xenstore area libxl writes for a new domain, with its permissions. */
@@ -457,8 +544,9 @@ export class Host {
     return info.domain === domid ? info : undefined;
   }
 
-  private checked(what: string, rc: number): void {
+  private checked(what: string, rc: number): number {
     if (rc < 0) throw new HostError(`${what} failed (${errnoName(rc)})`);
+    return rc;
   }
 
   // ---- dom0 user space ----
@@ -512,6 +600,11 @@ export class Host {
     if (!info || (info.flags & DOMINF.shutdown) === 0 || hd.handled || !hd.monitored) return;
     hd.handled = true;
     const reason = dominfShutdownCode(info.flags);
+    // xl's monitor leaves a suspended domain to whoever saves it (a cancelled suspend hands it back).
+    if (reason === SHUTDOWN.suspend) {
+      this.note(`Domain ${hd.domid} has suspended.`);
+      return;
+    }
     let action = actionFor(hd.cfg, reason);
     this.note(`Domain ${hd.domid} has shut down, reason code ${reason} 0x${reason.toString(16)}`);
     if (reason === SHUTDOWN.crash && !this.hasConnected(hd.domid)) {

@@ -133,6 +133,11 @@ export class LocalXs {
     this.call(XS.INTRODUCE, xsStrings(String(domid), String(mfn), String(port)));
   }
 
+  /** XS_RESUME: a domain that came back from a suspend may fire @releaseDomain again. */
+  resume(domid: number): void {
+    this.call(XS.RESUME, xsStrings(String(domid)));
+  }
+
   release(domid: number): void {
     this.call(XS.RELEASE, xsStrings(String(domid)));
   }
