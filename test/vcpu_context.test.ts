@@ -549,7 +549,7 @@ describe("symbolic rip", () => {
     for (const w of WIDTHS) {
       const k = new XenLinux(w);
       const base = layoutFor(w).PAGE_OFFSET;
-      assert.deepEqual(Object.keys(k.symbols).sort(), ["cpu_bringup_and_idle", "startup_xen", "xen_failsafe_callback", "xen_hypervisor_callback"]);
+      assert.deepEqual(Object.keys(k.symbols).sort(), ["cpu_bringup_and_idle", "startup_xen", "xen_failsafe_callback", "xen_hypervisor_callback", "xen_suspend_return"]);
       assert.equal(k.symbols.startup_xen, k.entry);
       assert.equal(symbolAt(k, base + 0x1300), "cpu_bringup_and_idle");
       assert.equal(symbolAt(k, base + 0x1301), undefined);

@@ -651,7 +651,12 @@ export class Host {
     const info = this.tryInfo(domid);
     if (!info) return { state: "failed", why: "the domain is gone" };
     if (this.hasConnected(domid)) return { state: "up" };
-    if (info.flags & DOMINF.shutdown) return { state: "failed", why: `it shut down (reason code ${dominfShutdownCode(info.flags)}) before it came up` };
+    if (info.flags & DOMINF.shutdown) {
+      const code = dominfShutdownCode(info.flags);
+      // The monitor may not have looked yet: a crash is explained from the console all the same.
+      if (code === SHUTDOWN.crash) return { state: "failed", why: this.crashReason(hd) };
+      return { state: "failed", why: `it shut down (reason code ${code}) before it came up` };
+    }
     return { state: "booting" };
   }
 
