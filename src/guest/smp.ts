@@ -64,11 +64,6 @@ export class SmpCalls {
     return waitId;
   }
 
-  /** No call queued anywhere and no sender waiting: what a suspend's stop_machine waits for. */
-  idle(): boolean {
-    return this.waits.size === 0 && this.queues.every((q) => q.length === 0);
-  }
-
   done(waitId: number): boolean {
     return !this.waits.has(waitId);
   }

@@ -89,7 +89,7 @@ export function suspendStep(k: XenLinux, cpu: GuestCpu): boolean {
       s.phase = "stopping";
       return false;
     case "stopping":
-      if (!cpuQuiescent(k, cpu) || !othersParked(k) || !k.smp.idle()) return false;
+      if (!cpuQuiescent(k, cpu) || !othersParked(k) || !noWaitedCalls(k)) return false;
       s.phase = "irqs_off";
       k.irqDisable(cpu);
       s.irqsOff[0] = true;
@@ -113,6 +113,21 @@ function cpuQuiescent(k: XenLinux, cpu: GuestCpu): boolean {
   if (k.mc.pending(cpu) !== 0 || k.mc.lazyMode(cpu) !== 0) return false;
   for (const w of k.workloads) if (w.quiescent && !w.quiescent(k, cpu)) return false;
   return true;
+}
+
+/**
+ * No sender waits for a call still queued (smp_call_function with wait). Calls nobody waits for
+ * may stay queued, as in Linux: an IPI ping-pong run from the handlers never lets every queue
+ * drain, and stop_machine does not wait for it. Their IPI may be lost with the old domain's
+ * channels; each CPU runs its own queue when it goes on (flushCallQueue).
+ */
+function noWaitedCalls(k: XenLinux): boolean {
+  return k.smp.queues.every((q) => q.every((r) => r.waitId === 0));
+}
+
+/** flush_smp_call_function_queue as a CPU goes on after the stop (Linux also flushes from idle). */
+function flushCallQueue(k: XenLinux, cpu: GuestCpu): void {
+  if (k.smp.queues[cpu.vcpuId]!.length > 0) k.smp.runQueue(cpu);
 }
 
 function othersIrqsOff(k: XenLinux): boolean {
@@ -190,6 +205,7 @@ export function afterSuspendHypercall(k: XenLinux, cpu: GuestCpu, rc: number): v
   k.printk(cpu, cancelled ? "xen:manage: suspend cancelled, resuming" : "xen:manage: resumed in a new domain");
   k.printk(cpu, "Restarting tasks ... done.");
   k.irqRestore(cpu, false);
+  flushCallQueue(k, cpu);
 }
 
 /** A parked CPU goes on, its events on again; in a new domain it programs its timer first. */
@@ -203,6 +219,7 @@ function leavePark(k: XenLinux, cpu: GuestCpu): void {
     k.programTimer(cpu);
   }
   k.irqRestore(cpu, false);
+  flushCallQueue(k, cpu);
 }
 
 /** xen_vcpu_restore: the other vCPUs that Xen has up are taken down and brought up again. */

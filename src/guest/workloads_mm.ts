@@ -111,6 +111,8 @@ export class IpiStorm implements Workload {
       // The stopped section: nothing else runs anywhere.
       this.stopMachines++;
       this.parkedCount = 0;
+      // Every CPU is released now, not when it next runs: a new stop must count it again.
+      this.parked.fill(false);
       this.stopOwner = -1;
       return true;
     }
