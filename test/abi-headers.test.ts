@@ -52,6 +52,7 @@ import {
   xsText,
   XENSTORE_ABS_PATH_MAX,
   XENSTORE_CONNECTED,
+  XENBUS_STATE,
   XENSTORE_DOMAIN_INTERFACE,
   XENSTORE_ERROR_COMM,
   XENSTORE_ERROR_NONE,
@@ -532,6 +533,11 @@ const XS_WIRE_GROUPS: readonly CheckGroup[] = [
   },
   {
     suite: "constants (src/abi/xs_wire.ts)",
+    title: "XENBUS_STATE (enum xenbus_state, io/xenbus.h)",
+    checks: Object.entries(XENBUS_STATE).map(([k, v]) => guestCheck(`XENBUS_STATE.${k}`, v, `XenbusState${k}`)),
+  },
+  {
+    suite: "constants (src/abi/xs_wire.ts)",
     title: "XENSTORE_DOMAIN_INTERFACE (struct xenstore_domain_interface)",
     checks: Object.entries(XENSTORE_DOMAIN_INTERFACE).map(([k, v]) =>
       guestCheck(
@@ -549,7 +555,7 @@ const XS_WIRE_GROUPS: readonly CheckGroup[] = [
 ];
 
 /** xs_wire.ts exports checked elsewhere than in XS_WIRE_GROUPS' constants (by the derived tests). */
-const XS_WIRE_OTHER_EXPORTS: readonly string[] = ["XS_NAMES", "XSD_ERRORS", "XENSTORE_DOMAIN_INTERFACE", "XS", "readXsHeader", "encodeXsMsg", "xsStrings", "takeXsMessages", "xsText", "xsStringList"];
+const XS_WIRE_OTHER_EXPORTS: readonly string[] = ["XS_NAMES", "XSD_ERRORS", "XENSTORE_DOMAIN_INTERFACE", "XENBUS_STATE", "XS", "readXsHeader", "encodeXsMsg", "xsStrings", "takeXsMessages", "xsText", "xsStringList"];
 
 const GROUPS: readonly CheckGroup[] = [...CONSTANT_GROUPS, ...XS_WIRE_GROUPS, ...layoutGroups(), ...fixedGroups()];
 
@@ -590,6 +596,7 @@ function nativeGuestSource(checks: readonly FieldCheck[]): string {
 #include <errno.h> /* before xs_wire.h: it defines xsd_errors[] only if EINVAL is defined */
 #include <string.h>
 #include <xen/io/xs_wire.h>
+#include <xen/io/xenbus.h>
 #undef xen_wc_sec_hi
 #include <xen/foreign/x86_32.h>
 #undef xen_wc_sec_hi

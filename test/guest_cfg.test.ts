@@ -260,7 +260,7 @@ describe("command line", () => {
   test("workload errors", () => {
     assert.equal(
       error('name = "g"\nworkload = "forkbomb=1"'),
-      'g.cfg: workload: unknown option "forkbomb" (the guest kernel reads forkexec, mmapstress, ipistorm, ipi_pingpong, pingpong_rounds, evtchn_listen, evtchn_connect, fanin_listen, fanin_connect, fanin_flood, fanin_batch, fanin_lateeoi)',
+      'g.cfg: workload: unknown option "forkbomb" (the guest kernel reads forkexec, mmapstress, ipistorm, ipi_pingpong, pingpong_rounds, evtchn_listen, evtchn_connect, fanin_listen, fanin_connect, fanin_flood, fanin_batch, fanin_lateeoi, pingpong_with, pingpong_backend)',
     );
     assert.equal(error('name = "g"\nworkload = "forkexec=0"'), "g.cfg: workload: forkexec=0: forkexec takes 1..64 processes");
     assert.equal(error('name = "g"\nworkload = "forkexec=65"'), "g.cfg: workload: forkexec=65: forkexec takes 1..64 processes");

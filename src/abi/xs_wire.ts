@@ -90,6 +90,22 @@ export const XENSTORE_ERROR_COMM = 1;
 export const XENSTORE_ERROR_RINGIDX = 2;
 export const XENSTORE_ERROR_PROTO = 3;
 
+/**
+ * enum xenbus_state (io/xenbus.h): what a split driver's two ends write to their `state` nodes
+ * as they connect (Initialising, InitWait, Initialised, Connected) and disconnect.
+ */
+export const XENBUS_STATE = {
+  Unknown: 0,
+  Initialising: 1,
+  InitWait: 2,
+  Initialised: 3,
+  Connected: 4,
+  Closing: 5,
+  Closed: 6,
+  Reconfiguring: 7,
+  Reconfigured: 8,
+} as const;
+
 export interface XsMsgHeader {
   type: number;
   reqId: number;

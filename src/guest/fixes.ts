@@ -21,9 +21,11 @@ export const GUEST_FIXES = {
     "first IPI after the restore goes nowhere and the timer never fires.",
   "clear-stale-mappings":
     "xen_irq_resume first zaps every irq's port and the whole port-to-irq table, since the new domain's " +
-    "port numbers mean nothing of the old ones. Without it an inter-domain irq still names its old port, " +
-    "which a VIRQ or IPI may now own: notify_remote_via_irq signals the wrong channel (the oops after " +
-    "migration that Linux fixed by clearing the mappings).",
+    "port numbers mean nothing of the old ones. Without it an irq whose channel went with the old domain " +
+    "still names its old port, which a rebound VIRQ or IPI may now own: the store and console irqs, " +
+    "unbound as xenbus and the console resume, close those ports (the timer or an IPI goes silent), and " +
+    "notify_remote_via_irq on such an irq signals the wrong channel (the oops after migration that " +
+    "Linux fixed by clearing the mappings).",
 } as const;
 
 export type GuestFix = keyof typeof GUEST_FIXES;

@@ -9,10 +9,14 @@
 //   fanin_connect=D:B:K bind to domain D's ports B..B+K-1 and send on them round robin
 //   fanin_flood=1       send on the first port every step, on the others once per tick
 //   fanin_lateeoi=1     the listener binds with the lateeoi chip and EOIs from its handler
+//   pingpong_with=NAME  a ping-pong frontend whose backend is domain NAME, connected through
+//                       xenstore (pingpong_xs.ts): it connects again after a restore
+//   pingpong_backend=1  the backend of every such frontend the toolstack gives this domain
 
 import type { GuestCpu } from "../abi/cpu.ts";
 import { TICK_NS, type Workload, type XenLinux } from "./kernel.ts";
 import { type KstateEnv, registerKernelClass } from "./kstate.ts";
+import { PingPongBack, PingPongFront } from "./pingpong_xs.ts";
 import { ForkExec, IpiStorm } from "./workloads_mm.ts";
 
 /** Per-port event accounting shared by the workloads: a sender counts sends, a receiver handler runs. */
@@ -226,6 +230,9 @@ export function workloadsFromCmdline(k: XenLinux): Workload[] {
   }
   if (k.options.has("forkexec")) out.push(new ForkExec(num("forkexec"), k.option("mmapstress", "0") === "1"));
   if (k.option("ipistorm", "0") === "1") out.push(new IpiStorm());
+  // The toolstack reads the backend's name; the frontend finds it in xenstore.
+  if (k.options.has("pingpong_with")) out.push(new PingPongFront(k));
+  if (k.option("pingpong_backend", "0") === "1") out.push(new PingPongBack(k));
   return out;
 }
 

@@ -166,6 +166,16 @@ export class XenBus {
     });
   }
 
+  /**
+   * unregister_xenbus_watch: forgotten at once, so an event already read for `token` is dropped
+   * (and a resume does not register it again).
+   */
+  unwatch(cpu: GuestCpu, path: string, token: string, done: (cpu: GuestCpu, err: string | undefined) => void): void {
+    this.watches.delete(token);
+    this.watchPaths.delete(token);
+    this.request(cpu, XS.UNWATCH, XBT_NIL, [path, token], (c, err) => done(c, err));
+  }
+
   get outstanding(): number {
     return this.pending.length;
   }

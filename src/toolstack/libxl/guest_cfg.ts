@@ -97,6 +97,12 @@ export const WORKLOAD_OPTIONS: Readonly<Record<string, { check: OptionCheck; val
   fanin_flood: { check: flag, values: "0 or 1" },
   fanin_batch: { check: range(1, 1e6), values: "a count >= 1" },
   fanin_lateeoi: { check: flag, values: "0 or 1" },
+  // a domain name as xl.cfg allows it, and one command-line word
+  pingpong_with: {
+    check: (v) => /^[^\s,=]+$/.test(v) && ![...v].some((c) => c < " " || c === "\x7f") && !/^\d+$/.test(v),
+    values: "a domain name",
+  },
+  pingpong_backend: { check: flag, values: "0 or 1" },
 };
 
 // Keys xl_parse.c reads that this model has no use for: accepted with a warning.

@@ -11,6 +11,7 @@
 import type { GuestImage } from "../../abi/cpu.ts";
 import { DOMINF, decodeGetdomaininfo, dominfShutdownCode, type XenDomctlGetdomaininfo } from "../../abi/domctl.ts";
 import { SHUTDOWN } from "../../abi/xen.ts";
+import { XENBUS_STATE } from "../../abi/xs_wire.ts";
 import { XenLinux } from "../../guest/kernel.ts";
 import { workloadsFromCmdline } from "../../guest/workloads.ts";
 import { type ForeignMapping, PROT_READ, PROT_WRITE, type Privcmd } from "../../hypervisor/domctl.ts";
@@ -21,7 +22,7 @@ import { errnoName } from "../libxc/errno.ts";
 import { ConsoleRing } from "../xenconsoled/xenconsoled.ts";
 import { Xenstored, type XsClock, type XsDomainBackend, type XsTransport } from "../xenstored/daemon.ts";
 import { XsRingTransport } from "../xenstored/xs_ring.ts";
-import { LocalXs } from "../xenstore/local_xs.ts";
+import { LocalXs, XsCallError } from "../xenstore/local_xs.ts";
 import { decodeVcpuGuestContext, encodeVcpuGuestContext } from "../../abi/vcpu_context.ts";
 import { type OpenedImage, restoreImage, type TransferProgress } from "./save_restore.ts";
 import type { GuestConfig } from "./guest_cfg.ts";
@@ -208,6 +209,7 @@ export class Host {
   create(cfg: GuestConfig, opts: { paused?: boolean; fastRestarts?: number; monitor?: boolean } = {}): HostDomain {
     // libxl__domain_rename, from libxl__domain_make: names are unique, Domain-0's included
     if (this.nameToDomid(cfg.name) !== undefined) throw new HostError(`Domain with name "${cfg.name}" already exists.`);
+    const backend = this.pingpongBackend(cfg);
     const kernel = new XenLinux(cfg.width, workloadsFromCmdline);
     const cmdline = [
       `xen.fifo_events=${cfg.evtchnAbi === "fifo" ? 1 : 0}`,
@@ -238,7 +240,7 @@ export class Host {
     } catch (e) {
       throw new HostError(`cannot build ${cfg.name}: ${(e as Error).message}`);
     }
-    const hd = this.admit(cfg, uuid, kernel, built, opts);
+    const hd = this.admit(cfg, uuid, kernel, built, opts, backend);
     if (!opts.paused) this.unpause(hd.domid);
     return hd;
   }
@@ -247,7 +249,14 @@ export class Host {
    * What create and restore share once the domain has its memory: xenconsoled maps the console,
    * the xenstore area is written, xenstored is told of the domain, dom0 binds the console.
    */
-  private admit(cfg: GuestConfig, uuid: string, kernel: XenLinux, built: BuiltDomain, opts: { fastRestarts?: number; monitor?: boolean }): HostDomain {
+  private admit(
+    cfg: GuestConfig,
+    uuid: string,
+    kernel: XenLinux,
+    built: BuiltDomain,
+    opts: { fastRestarts?: number; monitor?: boolean },
+    pingpongBackend: number | undefined,
+  ): HostDomain {
     const domid = built.domid;
     const consoleMap = this.xc.map_foreign_pages(domid, PROT_READ | PROT_WRITE, [built.consoleMfn]);
     if (typeof consoleMap === "number") {
@@ -269,8 +278,20 @@ export class Host {
       monitored: opts.monitor !== false,
     };
     this.domains.set(domid, hd);
-    this.writeDomainArea(hd);
-    this.xs.introduce(domid, built.storeMfn, built.storeEvtchn);
+    try {
+      this.writeDomainArea(hd);
+      if (pingpongBackend !== undefined) this.addPingpongDevice(domid, pingpongBackend);
+      try {
+        this.xs.introduce(domid, built.storeMfn, built.storeEvtchn);
+      } catch (e) {
+        // e.g. a restored image whose store page is one of its pagetables: xenstored cannot map it
+        throw new HostError(`xenstored cannot introduce domain ${domid} (store mfn 0x${built.storeMfn.toString(16)}, port ${built.storeEvtchn}): ${(e as Error).message}`);
+      }
+    } catch (e) {
+      // What was made of the domain goes with it: its xenstore area, xenconsoled's mapping, the domain.
+      this.destroy(domid);
+      throw e;
+    }
     this.dom0User.bindInterdomain(
       domid,
       built.consoleEvtchn,
@@ -325,6 +346,7 @@ export class Host {
    */
   *restore(cfg: GuestConfig, img: OpenedImage, opts: { paused?: boolean; monitor?: boolean } = {}): Generator<TransferProgress, HostDomain, void> {
     if (this.nameToDomid(cfg.name) !== undefined) throw new HostError(`Domain with name "${cfg.name}" already exists.`);
+    const backend = this.pingpongBackend(cfg);
     const width = img.pvInfo.guestWidth === 8 ? 64 : 32;
     const kernel = new XenLinux(width, workloadsFromCmdline);
     const domid = this.xc.createdomain(
@@ -333,6 +355,7 @@ export class Host {
     );
     if (domid < 0) throw new HostError(`${cfg.name}: createdomain failed (${errnoName(domid)})`);
     let admitted = false;
+    let finished = false;
     try {
       this.checked("max_vcpus", this.xc.max_vcpus(domid, cfg.maxVcpus));
       this.checked("max_mem", this.xc.max_mem(domid, cfg.maxmemMiB * 1024));
@@ -351,14 +374,17 @@ export class Host {
         storeEvtchn,
         consoleEvtchn,
       };
-      const hd = this.admit(cfg, cfg.uuid, kernel, built, opts);
+      const hd = this.admit(cfg, cfg.uuid, kernel, built, opts, backend);
       admitted = true;
       if (!opts.paused) this.unpause(domid);
+      finished = true;
       return hd;
-    } catch (e) {
-      if (admitted) this.destroy(domid);
-      else this.xc.destroydomain(domid);
-      throw e;
+    } finally {
+      // A failure, or a caller that stops stepping the restore: nothing of the domain stays.
+      if (!finished) {
+        if (admitted) this.destroy(domid);
+        else this.xc.destroydomain(domid);
+      }
     }
   }
 
@@ -414,11 +440,91 @@ export class Host {
     if (!xs.transactionEnd(tx, true)) throw new HostError(`writing the xenstore area of domain ${domid} conflicted; try again`);
   }
 
+  // ---- split devices (libxl_device.c), for the ping-pong of src/guest/pingpong_xs.ts ----
+
+  /**
+   * The backend domain `pingpong_with=NAME` names (the kernel takes the last one given), resolved
+   * as libxl resolves a device's backend_domname: a domain that does not exist fails the create.
+   */
+  private pingpongBackend(cfg: GuestConfig): number | undefined {
+    let name: string | undefined;
+    for (const tok of cfg.cmdline.split(/\s+/)) if (tok.startsWith("pingpong_with=")) name = tok.slice("pingpong_with=".length);
+    if (name === undefined) return undefined;
+    const domid = this.nameToDomid(name);
+    if (domid === undefined) throw new HostError(`pingpong_with=${name}: there is no domain named ${name} to be the backend`);
+    return domid;
+  }
+
+  /**
+   * libxl__device_generic_add for device pingpong/0 of `domid` with its backend in `backendDomid`:
+   * the frontend directory in the domain's home (its own, readable by the backend), the backend
+   * directory in the backend's home (the backend's, readable by the frontend), both in state
+   * Initialising, and libxl's own record of the pair under /libxl, which the guests cannot touch.
+   */
+  private addPingpongDevice(domid: number, backendDomid: number): void {
+    const xs = this.xs;
+    const fe = `/local/domain/${domid}/device/pingpong/0`;
+    const be = `/local/domain/${backendDomid}/backend/pingpong/${domid}/0`;
+    const lx = `/libxl/${domid}/device/pingpong/0`;
+    const initialising = String(XENBUS_STATE.Initialising);
+    for (let attempt = 0; ; attempt++) {
+      const tx = xs.transactionStart();
+      xs.rm(fe, tx);
+      xs.mkdir(fe, tx);
+      xs.setPerms(fe, [`n${domid}`, `r${backendDomid}`], tx);
+      xs.write(`${fe}/backend`, be, tx);
+      xs.write(`${fe}/backend-id`, String(backendDomid), tx);
+      xs.write(`${fe}/state`, initialising, tx);
+      xs.rm(be, tx);
+      xs.mkdir(be, tx);
+      xs.setPerms(be, [`n${backendDomid}`, `r${domid}`], tx);
+      xs.write(`${be}/frontend`, fe, tx);
+      xs.write(`${be}/frontend-id`, String(domid), tx);
+      xs.write(`${be}/online`, "1", tx);
+      xs.write(`${be}/state`, initialising, tx);
+      xs.write(`${lx}/frontend`, fe, tx);
+      xs.write(`${lx}/backend`, be, tx);
+      if (xs.transactionEnd(tx, true)) return;
+      if (attempt >= 100) throw new HostError(`adding device pingpong/0 to domain ${domid} conflicted; try again`);
+    }
+  }
+
+  /**
+   * libxl__devices_destroy, as far as this toolstack has devices: each backend directory libxl's
+   * record names is removed with its empty parents (libxl__xs_path_cleanup), so that the backend
+   * sees its frontend go. (With a backend in a driver domain, xl devd there does this part.)
+   */
+  private removeDevices(domid: number): void {
+    const xs = this.xs;
+    const base = `/libxl/${domid}/device`;
+    const list = (path: string): string[] => {
+      try {
+        return xs.directory(path);
+      } catch (e) {
+        if (e instanceof XsCallError) return [];
+        throw e;
+      }
+    };
+    for (const kind of list(base)) {
+      for (const dev of list(`${base}/${kind}`)) {
+        const be = xs.tryRead(`${base}/${kind}/${dev}/backend`);
+        if (be === undefined || !/^\/local\/domain\/\d+\/backend\/[^/]+\/\d+\/\d+$/.test(be)) continue;
+        xs.rm(be);
+        // Up to the backend's home, which stays.
+        for (let p = be.slice(0, be.lastIndexOf("/")); /^\/local\/domain\/\d+\/backend/.test(p); p = p.slice(0, p.lastIndexOf("/"))) {
+          if (list(p).length > 0) break;
+          xs.rm(p);
+        }
+      }
+    }
+  }
+
   /** libxl_domain_destroy: the xenstore area goes, then the domain. */
   destroy(domid: number): void {
     if (domid === 0) throw new HostError("cannot destroy Domain-0");
     this.info(domid);
     const hd = this.domains.get(domid);
+    this.removeDevices(domid);
     this.xs.rm(`/local/domain/${domid}`);
     if (hd) this.xs.rm(`/vm/${hd.uuid}`);
     this.xs.rm(`/libxl/${domid}`);

@@ -8,7 +8,7 @@
 import { closeSync } from "node:fs";
 import { isAbsolute } from "node:path";
 import { parseGuestConfig } from "../libxl/guest_cfg.ts";
-import { AtomicFile, openImage, openImageFile, type TransferProgress, writeSaveImage } from "../libxl/save_restore.ts";
+import { AtomicFile, ImageFormatError, openImage, openImageFile, type TransferProgress, writeSaveImage } from "../libxl/save_restore.ts";
 import { retrievedConfig } from "./host_info.ts";
 import { libxlDomainConfig, yajlBeautify } from "./xl_format.ts";
 import { XL_SAVE_HEADER_SIZE } from "./save_format.ts";
@@ -28,7 +28,7 @@ export function configTextFromJson(json: Record<string, unknown>, guestWidth: 32
   const c = obj(json["c_info"]);
   const b = obj(json["b_info"]);
   const str = (v: unknown, what: string) => {
-    if (typeof v !== "string") throw new Error(`the saved config has no ${what}`);
+    if (typeof v !== "string") throw new ImageFormatError(`the image's domain config has no ${what}`);
     return JSON.stringify(v);
   };
   const lines = [`name = ${str(c["name"], "c_info.name")}`, `uuid = ${str(c["uuid"], "c_info.uuid")}`, `guest_width = ${guestWidth}`];
