@@ -2,12 +2,14 @@
 // feedback does not slow the next, and prints its figure beside a baseline from the same run.
 
 import { execFileSync } from "node:child_process";
+import { tmpdir } from "node:os";
 import { fileURLToPath } from "node:url";
 import type { Command } from "commander";
 import type { BenchRow } from "../bench/common.ts";
 import { benchEvents, EVENT_CASES } from "../bench/events.ts";
 import { benchHost, HOST_CASES, HOST_NOTES } from "../bench/host.ts";
 import { benchMmu, MMU_CASES, MMU_NOTES } from "../bench/mmu.ts";
+import { benchSave, SAVE_NOTES } from "../bench/save.ts";
 import { benchXenstore, XENSTORE_CASES, XENSTORE_NOTES } from "../bench/xenstore.ts";
 
 /** A `xensim bench <name>` suite: named cases, each run in its own process. */
@@ -54,6 +56,38 @@ const SUITES: Suite[] = [
 export function registerBench(program: Command): void {
   const bench = program.command("bench").description("measure performance against same-run baselines");
   for (const suite of SUITES) registerSuite(bench, suite);
+  registerSave(bench);
+}
+
+/** `xensim bench save`: one process (the image it saves is the one it restores), its own options. */
+function registerSave(bench: Command): void {
+  bench
+    .command("save")
+    .description("xl save and restore of a guest with 1 GiB of touched memory, MB/s beside raw file write and read")
+    .option("--json", "print one JSON object")
+    .option("--mib <n>", "the guest's memory (all of it touched), MiB", "1024")
+    .option("--rounds <n>", "save, write, restore, read rounds (the median counts)", "3")
+    .option("--dir <path>", "where the files go (a temporary directory in it)", tmpdir())
+    .action((opts: { json?: boolean; mib: string; rounds: string; dir: string }) => {
+      const mib = Number(opts.mib);
+      const rounds = Number(opts.rounds);
+      if (!Number.isInteger(mib) || mib < 16 || mib > 16384) throw new Error("--mib must be an integer from 16 to 16384");
+      if (!Number.isInteger(rounds) || rounds < 1) throw new Error("--rounds must be a positive integer");
+      const log = !opts.json && process.stderr.isTTY ? (line: string) => process.stderr.write(`  ${line.padEnd(60)}\r`) : undefined;
+      const r = benchSave({ mib, rounds, dir: opts.dir, log });
+      if (log) process.stderr.write(`${" ".repeat(64)}\r`);
+      if (opts.json) {
+        console.log(JSON.stringify({ bench: "save", results: r.rows, pages: r.pages, pagesTouched: r.pagesTouched, imageBytes: r.imageBytes, rounds: r.rounds, samples: r.samples }));
+        return;
+      }
+      printTable(r.rows);
+      console.log("");
+      console.log(`pages with data ${r.pages.toLocaleString("en-US")} (${r.pagesTouched.toLocaleString("en-US")} filled by the bench), image ${r.imageBytes.toLocaleString("en-US")} bytes, ${r.rounds} rounds in ${r.dir}`);
+      const fmt = (xs: number[]) => xs.map((x) => Math.round(x)).join(", ");
+      console.log(`per round MB/s: save ${fmt(r.samples.save)}; write ${fmt(r.samples.write)}; restore ${fmt(r.samples.restore)}; read ${fmt(r.samples.read)}`);
+      console.log("");
+      for (const n of SAVE_NOTES) console.log(n);
+    });
 }
 
 function registerSuite(bench: Command, suite: Suite): void {

@@ -371,13 +371,32 @@ function decodeEmpty(b: Uint8Array): null {
 }
 
 export function encodePageData(pages: readonly PageDataPage[]): Uint8Array {
+  const b = new Uint8Array(pageDataLength(pages));
+  encodePageDataInto(pages, b, 0);
+  return b;
+}
+
+function checkBatchSize(pages: readonly PageDataPage[]): void {
   if (pages.length < 1 || pages.length > MAX_BATCH_SIZE) throw new RangeError(`PAGE_DATA: ${pages.length} pages, not 1..${MAX_BATCH_SIZE}`);
-  const withData = pages.filter((p) => pageTypeHasData(p.type)).length;
-  const b = new Uint8Array(8 + 8 * pages.length + PAGE_SIZE * withData);
-  const dv = dataView(b);
+}
+
+/** The length of the PAGE_DATA body for `pages` (1..MAX_BATCH_SIZE of them, or RangeError). */
+export function pageDataLength(pages: readonly PageDataPage[]): number {
+  checkBatchSize(pages);
+  let withData = 0;
+  for (const p of pages) if (pageTypeHasData(p.type)) withData++;
+  return 8 + 8 * pages.length + PAGE_SIZE * withData;
+}
+
+/** encodePageData into `b` from `offset` (pageDataLength(pages) bytes): for a writer that reuses one buffer for every batch. */
+export function encodePageDataInto(pages: readonly PageDataPage[], b: Uint8Array, offset: number): void {
+  checkBatchSize(pages);
+  const dv = new DataView(b.buffer, b.byteOffset + offset, 8 + 8 * pages.length);
   dv.setUint32(0, pages.length, true);
-  let at = 8 + 8 * pages.length;
-  pages.forEach((p, i) => {
+  dv.setUint32(4, 0, true);
+  let at = offset + 8 + 8 * pages.length;
+  for (let i = 0; i < pages.length; i++) {
+    const p = pages[i]!;
     pfnArg(`PAGE_DATA pfn[${i}]`, p.pfn);
     if (!pageTypeIsValid(p.type)) throw new RangeError(`PAGE_DATA pfn[${i}] ${hex(p.pfn)}: type ${p.type} is not a PFINFO type`);
     const lo = p.pfn % 2 ** 32;
@@ -391,8 +410,7 @@ export function encodePageData(pages: readonly PageDataPage[]): Uint8Array {
     } else if (p.data !== undefined) {
       throw new RangeError(`PAGE_DATA pfn[${i}] ${hex(p.pfn)}: type ${hex(pageTypeU32(p.type))} carries no data`);
     }
-  });
-  return b;
+  }
 }
 
 /** The pages of a PAGE_DATA body; their data are views into `b`. */
@@ -405,7 +423,9 @@ export function decodePageData(b: Uint8Array): PageDataPage[] {
   if (count > MAX_BATCH_SIZE) fail(`count ${count} exceeds the batch limit of ${MAX_BATCH_SIZE} pages`);
   if (res !== 0) fail(`reserved field is ${hex(res)}, not 0`);
   if (b.length < 8 + 8 * count) fail(`length ${b.length} cannot hold ${count} pfns (${8 + 8 * count} bytes)`);
-  const pages: PageDataPage[] = [];
+  // Checked entry by entry first, then the length; the pages are made once both hold.
+  const pfns = new Float64Array(count);
+  const types = new Float64Array(count);
   let withData = 0;
   for (let i = 0; i < count; i++) {
     const lo = dv.getUint32(8 + 8 * i, true);
@@ -416,17 +436,24 @@ export function decodePageData(b: Uint8Array): PageDataPage[] {
     if (reserved !== 0) fail(`pfn[${i}] ${hex(pfn)}: reserved bits 59:52 are ${hex(reserved)}, not 0`);
     if (!pageTypeIsValid(type)) fail(`pfn[${i}] ${hex(pfn)}: type ${hex(type)} is not a PFINFO type`);
     if (pageTypeHasData(type)) withData++;
-    pages.push({ pfn, type });
+    pfns[i] = pfn;
+    types[i] = type;
   }
   const want = 8 + 8 * count + PAGE_SIZE * withData;
   if (b.length !== want) fail(`length ${b.length}, but ${count} pfns of which ${withData} carry data need ${want} bytes`);
+  const pages: PageDataPage[] = new Array(count);
   let at = 8 + 8 * count;
-  return pages.map((p) => {
-    if (!pageTypeHasData(p.type)) return p;
-    const data = b.subarray(at, at + PAGE_SIZE);
+  for (let i = 0; i < count; i++) {
+    const pfn = pfns[i]!;
+    const type = types[i]!;
+    if (!pageTypeHasData(type)) {
+      pages[i] = { pfn, type };
+      continue;
+    }
+    pages[i] = { pfn, type, data: new Uint8Array(b.buffer, b.byteOffset + at, PAGE_SIZE) };
     at += PAGE_SIZE;
-    return { ...p, data };
-  });
+  }
+  return pages;
 }
 
 export function encodeX86PvInfo(info: X86PvInfo): Uint8Array {

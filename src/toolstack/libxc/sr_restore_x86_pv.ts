@@ -173,6 +173,7 @@ export class X86PvRestore {
   /** process_page_data: types checked, frames populated, pagetables localised, data written. */
   private pageData(pages: readonly PageDataPage[]): void {
     if (!this.width) this.fail("PAGE_DATA before X86_PV_INFO");
+    if (this.maxPfn < 0) this.fail("PAGE_DATA before X86_PV_P2M_FRAMES");
     const toPopulate: number[] = [];
     for (const p of pages) {
       if (p.pfn > this.maxPfn) this.fail(`pfn 0x${p.pfn.toString(16)} is outside the domain's p2m (max pfn 0x${this.maxPfn.toString(16)})`);
@@ -219,12 +220,16 @@ export class X86PvRestore {
   private localisePagetable(page: Uint8Array, level: number, pfn: number): void {
     const w = new Uint32Array(page.buffer, page.byteOffset, XEN_PAGE_SIZE / 4);
     const missing: number[] = [];
+    const seen = new Set<number>();
     for (let i = 0; i < 512; i++) {
       const lo = w[2 * i]!;
       if ((lo & _PAGE_PRESENT) === 0) continue;
       const target = pteMfn(lo, w[2 * i + 1]!);
       if (target > this.maxPfn) this.fail(`L${level}[${i}] of pfn 0x${pfn.toString(16)} names pfn 0x${target.toString(16)}, beyond the p2m`);
-      if (this.p2m[target] === INVALID_MFN && !missing.includes(target)) missing.push(target);
+      if (this.p2m[target] === INVALID_MFN && !seen.has(target)) {
+        seen.add(target);
+        missing.push(target);
+      }
     }
     this.populate(missing);
     for (let i = 0; i < 512; i++) {

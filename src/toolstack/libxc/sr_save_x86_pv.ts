@@ -42,7 +42,7 @@ export interface GuestP2m {
   /** pfn -> mfn, INVALID_MFN where there is none. */
   p2m: Uint32Array;
   /** mfn -> pfn for the domain's frames (the M2P restricted to it, checked against the p2m). */
-  m2p: Map<number, number>;
+  m2p: MfnIndex;
   /** The p2m's own frames, as pfns (X86_PV_P2M_FRAMES). */
   p2mFramePfns: number[];
   sharedInfoFrame: number;
@@ -168,21 +168,57 @@ export function mapGuestP2m(xc: Privcmd, domid: number, sharedInfoFrame: number)
   const leaves = xc.map_foreign_pages(domid, PROT_READ, leafMfns);
   if (typeof leaves === "number") throw new SaveError(`mapping the p2m's ${leafMfns.length} frames failed (${errnoName(leaves)})`);
   const p2m = new Uint32Array(maxPfn + 1);
-  const m2p = new Map<number, number>();
-  for (let pfn = 0; pfn <= maxPfn; pfn++) {
-    const page = leaves.u32(Math.floor(pfn / fpp));
-    const i = pfn % fpp;
-    const mfn = ul === 4 ? page[i]! : page[2 * i + 1] === 0 ? page[2 * i]! : INVALID_MFN;
-    p2m[pfn] = mfn;
-    if (mfn !== INVALID_MFN && !m2p.has(mfn)) m2p.set(mfn, pfn);
+  for (let x = 0; x < flEntries; x++) {
+    const page = leaves.u32(x);
+    const first = x * fpp;
+    const n = Math.min(fpp, maxPfn + 1 - first);
+    for (let i = 0; i < n; i++) p2m[first + i] = ul === 4 ? page[i]! : page[2 * i + 1] === 0 ? page[2 * i]! : INVALID_MFN;
   }
   leaves.unmap();
+  const m2p = indexMfns(p2m);
   const p2mFramePfns = leafMfns.map((mfn, i) => {
     const pfn = m2p.get(mfn);
     if (pfn === undefined) throw new SaveError(`p2m frame ${i} (mfn 0x${mfn.toString(16)}) is not in the guest's p2m`);
     return pfn;
   });
   return { width, layout, maxPfn, p2m, m2p, p2mFramePfns, sharedInfoFrame };
+}
+
+/** mfn -> the first pfn the p2m gives it. */
+export interface MfnIndex {
+  get(mfn: number): number | undefined;
+}
+
+/**
+ * The p2m inverted: a flat table when the mfns are dense enough for one (a guest's frames on a
+ * machine of up to 4 GiB, or up to 4 per pfn), else a Map (the mfns are the guest's to write).
+ */
+function indexMfns(p2m: Uint32Array): MfnIndex {
+  let max = -1;
+  for (let pfn = 0; pfn < p2m.length; pfn++) {
+    const mfn = p2m[pfn]!;
+    if (mfn !== INVALID_MFN && mfn > max) max = mfn;
+  }
+  if (max < Math.max(1 << 20, 4 * p2m.length)) {
+    const table = new Uint32Array(max + 1).fill(INVALID_MFN);
+    // Backwards, so that the first pfn of an mfn the p2m gives twice is the one kept.
+    for (let pfn = p2m.length - 1; pfn >= 0; pfn--) {
+      const mfn = p2m[pfn]!;
+      if (mfn !== INVALID_MFN) table[mfn] = pfn;
+    }
+    return {
+      get(mfn) {
+        const pfn = table[mfn];
+        return pfn === undefined || pfn === INVALID_MFN ? undefined : pfn;
+      },
+    };
+  }
+  const m2p = new Map<number, number>();
+  for (let pfn = 0; pfn < p2m.length; pfn++) {
+    const mfn = p2m[pfn]!;
+    if (mfn !== INVALID_MFN && !m2p.has(mfn)) m2p.set(mfn, pfn);
+  }
+  return m2p;
 }
 
 /** mfn_to_pfn where mfn_in_pseudophysmap holds, else undefined. */

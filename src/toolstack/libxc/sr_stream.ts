@@ -23,13 +23,17 @@ import {
   type ImageHeader,
   type LibxcRecName,
   type LibxcRecord,
+  encodePageDataInto,
   MAX_BATCH_SIZE,
+  PAGE_DATA_MAX_LENGTH,
   p2mFrameCount,
   PAGE_SHIFT,
   type PageDataPage,
   padded,
+  pageDataLength,
   RHDR_SIZE,
   REC_LENGTH_MAX,
+  REC_TYPE,
   REC_TYPE_OPTIONAL,
   recordLengthProblem,
   recTypeByCode,
@@ -44,7 +48,10 @@ import {
 
 // ---- sinks and sources ----------------------------------------------------------------------
 
-/** Where a stream goes: takes every byte of each chunk (or throws). */
+/**
+ * Where a stream goes: takes every byte of each chunk (or throws) before it returns; the writer may
+ * reuse the chunk's memory afterwards (a sink that keeps bytes copies them).
+ */
 export interface ByteSink {
   write(chunk: Uint8Array): void;
 }
@@ -52,6 +59,8 @@ export interface ByteSink {
 /** Where a stream comes from: exactly n bytes, or fewer (possibly none, or undefined) at its end. */
 export interface ByteSource {
   read(n: number): Uint8Array | undefined;
+  /** Optionally, read(dst.length) into `dst` rather than into new memory: how many bytes came. */
+  readInto?(dst: Uint8Array): number;
 }
 
 /** Writes to a file descriptor (a file, a pipe, a socket) with blocking writes. */
@@ -65,17 +74,22 @@ export function fdSink(fd: number): ByteSink {
 
 /** Reads a file descriptor from its current position. */
 export function fdSource(fd: number): ByteSource {
+  const readInto = (b: Uint8Array) => {
+    let got = 0;
+    while (got < b.length) {
+      const r = readSync(fd, b, got, b.length - got, null);
+      if (r === 0) break;
+      got += r;
+    }
+    return got;
+  };
   return {
     read(n) {
       const b = new Uint8Array(n);
-      let got = 0;
-      while (got < n) {
-        const r = readSync(fd, b, got, n - got, null);
-        if (r === 0) break;
-        got += r;
-      }
+      const got = readInto(b);
       return got === n ? b : b.subarray(0, got);
     },
+    readInto,
   };
 }
 
@@ -147,6 +161,17 @@ export class StreamInput {
     this.offset += b.length;
     return b;
   }
+  /**
+   * n bytes (fewer at the end of the stream) in `scratch`'s memory when the source can read into
+   * it (the bytes are good until the next read into it), else as read() gives them.
+   */
+  readReusing(n: number, scratch: Uint8Array): Uint8Array {
+    if (n === 0 || !this.source.readInto || scratch.length < n) return this.read(n);
+    const got = this.source.readInto(scratch.subarray(0, n));
+    if (got > n) throw new RangeError(`byte source returned ${got} bytes when asked for ${n}`);
+    this.offset += got;
+    return scratch.subarray(0, got);
+  }
   /** Exactly n bytes for `what` (e.g. "image header"), or a StreamError saying how many came. */
   readExact(n: number, what: string, where: StreamErrorWhere = {}): Uint8Array {
     const start = this.offset;
@@ -204,6 +229,8 @@ export class ImageWriter {
   private headersDone = false;
   private records = 0;
   private last: LibxcRecord["type"] | undefined;
+  /** Where PAGE_DATA records are framed (see writePageData). */
+  private scratch = new Uint8Array(0);
 
   constructor(out: ByteSink | StreamOutput, opts: StreamOptions = {}) {
     this.output = toOutput(out);
@@ -239,12 +266,33 @@ export class ImageWriter {
   write(rec: LibxcRecord): void {
     if (!this.headersDone) throw new Error("libxc record before the image headers");
     if (this.ended) throw new Error(`libxc ${rec.type} record after END`);
-    const { code, body } = encodeLibxcRecord(rec);
-    const problem = recordLengthProblem(code, body.length, this.maxRecordLength);
-    if (problem !== undefined) throw new RangeError(`libxc ${recTypeName(code)} record: ${problem}`);
-    this.output.write(frameRecord(code, body));
+    if (rec.type === "PAGE_DATA") this.writePageData(rec.body);
+    else {
+      const { code, body } = encodeLibxcRecord(rec);
+      const problem = recordLengthProblem(code, body.length, this.maxRecordLength);
+      if (problem !== undefined) throw new RangeError(`libxc ${recTypeName(code)} record: ${problem}`);
+      this.output.write(frameRecord(code, body));
+    }
     this.records++;
     this.last = rec.type;
+  }
+
+  /**
+   * A PAGE_DATA record framed (header, body, padding) in a buffer kept for the next batch: a batch
+   * is 4 MiB, and new memory for each (twice, body then frame) costs more than the copy.
+   */
+  private writePageData(pages: readonly PageDataPage[]): void {
+    const code = REC_TYPE.PAGE_DATA;
+    const length = pageDataLength(pages);
+    const total = RHDR_SIZE + padded(length);
+    if (this.scratch.length < total) this.scratch = new Uint8Array(total);
+    const buf = this.scratch;
+    encodePageDataInto(pages, buf, RHDR_SIZE);
+    const problem = recordLengthProblem(code, length, this.maxRecordLength);
+    if (problem !== undefined) throw new RangeError(`libxc ${recTypeName(code)} record: ${problem}`);
+    buf.set(encodeRecordHeader(code, length));
+    buf.fill(0, RHDR_SIZE + length, total);
+    this.output.write(buf.subarray(0, total));
   }
 
   /** PAGE_DATA records for `pages`, MAX_BATCH_SIZE at a time; how many records that took. */
@@ -282,6 +330,14 @@ export class ImageReader {
   private index = 0;
   private info: X86PvInfo | undefined;
   private last: LibxcRecord["type"] | undefined;
+  private pageScratch: Uint8Array | undefined;
+  /**
+   * When set, PAGE_DATA bodies are read into one buffer the reader keeps (if the source can read
+   * into it), so that a record's page data is good only until the next record is read: for a
+   * consumer that copies the pages out at once, as restore does. A batch is 4 MiB, and new memory
+   * for each costs more than reading it.
+   */
+  reusePageData = false;
 
   constructor(input: ByteSource | StreamInput, opts: StreamOptions = {}) {
     this.input = toInput(input);
@@ -359,7 +415,7 @@ export class ImageReader {
     const problem = recordLengthProblem(code, length, this.maxRecordLength);
     if (problem !== undefined) throw bad(problem);
     const total = padded(length);
-    const body = this.input.read(total);
+    const body = code === REC_TYPE.PAGE_DATA && this.reusePageData ? this.input.readReusing(total, this.pageDataScratch()) : this.input.read(total);
     if (body.length < total) throw new StreamError(`truncated in record ${index} (${name}) at offset ${hex(offset)}: wanted ${total} bytes of body at offset ${hex(offset + RHDR_SIZE)}, got ${body.length}`, where);
     for (let i = length; i < total; i++) {
       if (body[i] !== 0) throw bad(`padding byte ${i - length} (offset ${hex(offset + RHDR_SIZE + i)}) is ${hex(body[i]!)}, not 0`);
@@ -377,6 +433,11 @@ export class ImageReader {
     this.index++;
     this.last = rec.type;
     return { ...rec, index, offset, length };
+  }
+
+  private pageDataScratch(): Uint8Array {
+    this.pageScratch ??= new Uint8Array(PAGE_DATA_MAX_LENGTH);
+    return this.pageScratch;
   }
 
   /** The sizes that depend on the guest's width, once X86_PV_INFO has given it. */

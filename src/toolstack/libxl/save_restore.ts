@@ -142,6 +142,8 @@ export function* restoreImage(xc: Privcmd, domid: number, img: OpenedImage, para
   const restore = new X86PvRestore(xc, domid, params);
   restore.handle(first, first.index);
   const inner = libxl.libxc();
+  // Each batch's pages are copied into the domain before the next is read.
+  inner.reusePageData = true;
   let pages = 0;
   for (;;) {
     const rec = inner.next();
