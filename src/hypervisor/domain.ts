@@ -26,6 +26,8 @@ export class Domain {
   readonly vcpus: Vcpu[] = [];
   /** XEN_DOMCTL_max_mem's limit, in pages; populate_physmap fails beyond it. */
   maxPages = 0;
+  /** Pfns populate_physmap has given a frame (domain_tot_pages), kept as a count: asked per batch. */
+  populatedPfns = 0;
   /** xen_domain_handle_t: the 16-byte UUID the toolstack created the domain with. */
   readonly handle = new Uint8Array(16);
   /** XEN_DOMCTL_settscinfo: mode, guest TSC kHz, incarnation, and the ns offset of elapsed time. */

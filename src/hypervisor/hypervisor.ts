@@ -194,6 +194,7 @@ export class Hypervisor implements VcpuHost, SchedHost, EvtchnHost {
     for (let i = 0; i < gpfns.length; i++) {
       const mfn = mfns[i]!;
       this.mm.allocated(mfn);
+      if (d.p2m[gpfns[i]!] === INVALID_MFN) d.populatedPfns++;
       d.p2m[gpfns[i]!] = mfn;
       this.memory.m2p[mfn] = gpfns[i]!;
     }
@@ -202,9 +203,7 @@ export class Hypervisor implements VcpuHost, SchedHost, EvtchnHost {
 
   /** domain_tot_pages: frames the domain has been given (shared_info is Xen's own). */
   totPages(d: Domain): number {
-    let n = 0;
-    for (const mfn of d.p2m) if (mfn !== INVALID_MFN) n++;
-    return n;
+    return d.populatedPfns;
   }
 
   /**
