@@ -768,6 +768,8 @@ export class Host {
 
   /** Why a domain crashed: its kernel's last panic or oops on its console, else Xen's word. */
   private crashReason(hd: HostDomain): string {
+    // What the guest put in its ring before it died, even if xenconsoled has not been woken for it yet.
+    hd.console.onEvent();
     const lines = hd.console.text.split("\n").reverse();
     const panic = lines.find((l) => /Kernel panic|BUG:|Oops/.test(l));
     if (panic) return panic.replace(/^\[[ \d.]+\] /, "");
