@@ -7,37 +7,19 @@
 
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
+import { newHost, restore, run, runUntil, save, type TestHost } from "./sr_harness.ts";
 import { XENBUS_STATE, XS, xsStringList, xsStrings } from "../src/abi/xs_wire.ts";
 import { PingPongBack, PingPongFront } from "../src/guest/pingpong_xs.ts";
 import { auditEvtchn } from "../src/harness/audit.ts";
-import { bootHost } from "../src/harness/machine.ts";
-import type { Hypervisor } from "../src/hypervisor/hypervisor.ts";
-import { BytesSink, bytesSource } from "../src/toolstack/libxc/sr_stream.ts";
 import { parseGuestConfig } from "../src/toolstack/libxl/guest_cfg.ts";
-import { DEFAULT_HOST, type Host, type HostDomain, HostError } from "../src/toolstack/libxl/host.ts";
-import { openImage, writeSaveImage } from "../src/toolstack/libxl/save_restore.ts";
-import { retrievedConfig } from "../src/toolstack/xl/host_info.ts";
-import { configTextFromJson } from "../src/toolstack/xl/save_cmds.ts";
-import { libxlDomainConfig, yajlBeautify } from "../src/toolstack/xl/xl_format.ts";
+import { type HostDomain, HostError } from "../src/toolstack/libxl/host.ts";
 
-const MS = 1_000_000;
 const CONNECTED = String(XENBUS_STATE.Connected);
-
-interface TestHost {
-  host: Host;
-  hv: Hypervisor;
-}
 
 interface Variant {
   seed: number;
   width: 32 | 64;
   abi: "fifo" | "2l";
-}
-
-function newHost(seed: number): TestHost {
-  const { host, hv } = bootHost({ ...DEFAULT_HOST, pcpus: 2, machineMiB: 192, seed });
-  host.boot();
-  return { host, hv };
 }
 
 function cfgText(name: string, v: Variant, workload: string): string {
@@ -55,16 +37,6 @@ function cfgText(name: string, v: Variant, workload: string): string {
 
 function create(th: TestHost, name: string, v: Variant, workload: string): HostDomain {
   return th.host.create(parseGuestConfig(cfgText(name, v, workload), `${name}.cfg`));
-}
-
-function run(th: TestHost, ms: number): void {
-  th.host.run(th.host.now() + ms * MS);
-}
-
-function runUntil(th: TestHost, ms: number, cond: () => boolean): boolean {
-  const start = th.host.now();
-  while (!cond() && th.host.now() - start < ms * MS) run(th, 0.25);
-  return cond();
 }
 
 function front(hd: HostDomain): PingPongFront {
@@ -114,32 +86,6 @@ function flows(th: TestHost, fe: HostDomain, be: HostDomain, n = 200): void {
 }
 
 /** `xl save`: suspend, write the image, destroy. */
-function save(th: TestHost, hd: HostDomain): Uint8Array {
-  th.host.requestSuspend(hd.domid);
-  assert.ok(
-    runUntil(th, 2000, () => th.host.suspended(hd.domid)),
-    `d${hd.domid} did not suspend`,
-  );
-  const json = yajlBeautify(libxlDomainConfig(retrievedConfig(th.host, hd.domid)!));
-  const sink = new BytesSink();
-  const gen = writeSaveImage(th.host.xc, hd.domid, sink, json);
-  while (!gen.next().done) {
-    // progress
-  }
-  th.host.destroy(hd.domid);
-  return sink.bytes();
-}
-
-/** `xl restore`. */
-function restore(th: TestHost, image: Uint8Array): HostDomain {
-  const img = openImage(bytesSource(image));
-  const text = configTextFromJson(img.config, img.pvInfo.guestWidth === 8 ? 64 : 32);
-  const gen = th.host.restore({ ...parseGuestConfig(text, "<saved>"), source: { file: "<saved>", text } }, img);
-  let r = gen.next();
-  while (!r.done) r = gen.next();
-  return r.value;
-}
-
 /** The device pair as libxl writes it, both ends connected on the frontend's current port. */
 function checkConnectedLayout(th: TestHost, fe: HostDomain, be: HostDomain): void {
   const F = fe.domid;

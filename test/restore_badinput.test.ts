@@ -25,7 +25,6 @@ import { _PAGE_PRESENT, pteMfn } from "../src/abi/x86.ts";
 import type { XenLinux } from "../src/guest/kernel.ts";
 import { auditEvtchn } from "../src/harness/audit.ts";
 import { auditMm } from "../src/harness/audit_mm.ts";
-import { bootHost } from "../src/harness/machine.ts";
 import { ECS } from "../src/hypervisor/evtchn.ts";
 import type { Hypervisor } from "../src/hypervisor/hypervisor.ts";
 import { PROT_READ } from "../src/hypervisor/domctl.ts";
@@ -33,37 +32,17 @@ import { StreamError } from "../src/toolstack/libxc/sr_format.ts";
 import { RestoreError } from "../src/toolstack/libxc/sr_restore_x86_pv.ts";
 import { BytesSink, type ByteSource, bytesSource } from "../src/toolstack/libxc/sr_stream.ts";
 import { GuestCfgError, type GuestConfig, parseGuestConfig } from "../src/toolstack/libxl/guest_cfg.ts";
-import { DEFAULT_HOST, type Host, HostError, type HostDomain } from "../src/toolstack/libxl/host.ts";
+import { HostError, type HostDomain } from "../src/toolstack/libxl/host.ts";
 import { ImageFormatError, type OpenedImage, openImage, writeSaveImage } from "../src/toolstack/libxl/save_restore.ts";
 import { retrievedConfig } from "../src/toolstack/xl/host_info.ts";
 import { configTextFromJson } from "../src/toolstack/xl/save_cmds.ts";
 import { libxlDomainConfig, yajlBeautify } from "../src/toolstack/xl/xl_format.ts";
 
-const MS = 1_000_000;
+import { MS, newHost, run, runUntil, type TestHost } from "./sr_harness.ts";
+
 const PAGE = 4096;
 
 // ---- hosts and images ---------------------------------------------------------------------------
-
-interface TestHost {
-  host: Host;
-  hv: Hypervisor;
-}
-
-function newHost(seed: number): TestHost {
-  const { host, hv } = bootHost({ ...DEFAULT_HOST, pcpus: 2, machineMiB: 192, seed });
-  host.boot();
-  return { host, hv };
-}
-
-function run(th: TestHost, ms: number): void {
-  th.host.run(th.host.now() + ms * MS);
-}
-
-function runUntil(th: TestHost, ms: number, cond: () => boolean): boolean {
-  const start = th.host.now();
-  while (!cond() && th.host.now() - start < ms * MS) run(th, 0.25);
-  return cond();
-}
 
 function guestConfig(name: string, width: 32 | 64, memory: number, vcpus: number, workload: string): GuestConfig {
   const text = `name = "${name}"\nmemory = ${memory}\nvcpus = ${vcpus}\nguest_width = ${width}\nworkload = "${workload}"\non_crash = "preserve"\n`;
