@@ -918,6 +918,13 @@ const DOMCTL_STRUCTS: ReadonlyArray<readonly [string, Readonly<Record<string, nu
   ["XEN_SYSCTL_CREDIT_SCHEDULE", DC.XEN_SYSCTL_CREDIT_SCHEDULE, "struct xen_sysctl_credit_schedule"],
   ["XEN_SYSCTL_SCHEDULER_OP", DC.XEN_SYSCTL_SCHEDULER_OP, "struct xen_sysctl_scheduler_op"],
   ["XEN_SYSCTL_SCHED_ID", DC.XEN_SYSCTL_SCHED_ID, "struct xen_sysctl_sched_id"],
+  ["XEN_DOMCTL_SHADOW_OP_STATS", DC.XEN_DOMCTL_SHADOW_OP_STATS, "struct xen_domctl_shadow_op_stats"],
+  [
+    "XEN_DOMCTL_SHADOW_OP_ARG",
+    DC.XEN_DOMCTL_SHADOW_OP_ARG,
+    "struct xen_domctl_shadow_op",
+    { stats_fault_count: "stats.fault_count", stats_dirty_count: "stats.dirty_count" },
+  ],
 ];
 
 /** Members of the array kind: the number of entries as the headers declare them. */
@@ -975,6 +982,9 @@ const TOOLS_GROUPS: ReadonlyArray<{ title: string; unit: "x64" | "i386"; checks:
       ...toolsPrefixed("XEN_DOMCTL_SCHEDOP", DC.XEN_DOMCTL_SCHEDOP, "XEN_DOMCTL_SCHEDOP_"),
       ...toolsPrefixed("XEN_SYSCTL_SCHEDOP", DC.XEN_SYSCTL_SCHEDOP, "XEN_SYSCTL_SCHEDOP_"),
       ...toolsPrefixed("XEN_VCPUAFFINITY", DC.XEN_VCPUAFFINITY, "XEN_VCPUAFFINITY_"),
+      ...toolsPrefixed("XEN_DOMCTL_SHADOW_OP", DC.XEN_DOMCTL_SHADOW_OP, "XEN_DOMCTL_SHADOW_OP_"),
+      ...toolsPrefixed("XEN_DOMCTL_SHADOW_ENABLE", DC.XEN_DOMCTL_SHADOW_ENABLE, "XEN_DOMCTL_SHADOW_ENABLE_"),
+      ...toolsPrefixed("XEN_DOMCTL_SHADOW_LOGDIRTY", DC.XEN_DOMCTL_SHADOW_LOGDIRTY, "XEN_DOMCTL_SHADOW_LOGDIRTY_"),
       ["XEN_SYSCTL_CSCHED_TSLICE_MAX", DC.XEN_SYSCTL_CSCHED_TSLICE_MAX, "XEN_SYSCTL_CSCHED_TSLICE_MAX"],
       ["XEN_SYSCTL_CSCHED_TSLICE_MIN", DC.XEN_SYSCTL_CSCHED_TSLICE_MIN, "XEN_SYSCTL_CSCHED_TSLICE_MIN"],
       ["XEN_SYSCTL_SCHED_RATELIMIT_MAX", DC.XEN_SYSCTL_SCHED_RATELIMIT_MAX, "XEN_SYSCTL_SCHED_RATELIMIT_MAX"],
@@ -1054,6 +1064,8 @@ const DOMCTL_OTHER_EXPORTS: readonly string[] = [
   "decodeGetdomaininfo",
   "encodeTscInfo",
   "decodeTscInfo",
+  "encodeShadowOp",
+  "decodeShadowOp",
   "dominfShutdownCode",
 ];
 
@@ -1159,7 +1171,7 @@ describe("derived facts and coverage (src/abi/vcpu_context.ts, src/abi/domctl.ts
     }
   });
 
-  test("getdomaininfo and tsc_info encode where the layouts say, and decode back", () => {
+  test("getdomaininfo, tsc_info and shadow_op encode where the layouts say, and decode back", () => {
     const info: domctlAbi.XenDomctlGetdomaininfo = {
       domain: 0x7fef,
       flags: DC.DOMINF.paused | DC.DOMINF.shutdown | (3 << DC.DOMINF.shutdownshift),
@@ -1195,6 +1207,17 @@ describe("derived facts and coverage (src/abi/vcpu_context.ts, src/abi/domctl.ts
     const t = DC.encodeTscInfo(tsc);
     assert.equal(new DataView(t.buffer).getUint32(DC.XEN_DOMCTL_TSC_INFO.elapsed_nsec + 4, true), 2 ** 13);
     assert.deepEqual(DC.decodeTscInfo(t), tsc);
+    const sop = { op: DC.XEN_DOMCTL_SHADOW_OP.CLEAN, mode: 0, mb: 3, dirtyBitmap: 2 ** 40 + 0x1000, pages: 2 ** 33 + 7, faultCount: 0xffffffff, dirtyCount: 9 };
+    const s = DC.encodeShadowOp(sop);
+    const S = DC.XEN_DOMCTL_SHADOW_OP_ARG;
+    assert.equal(s.length, S.size);
+    const sdv = new DataView(s.buffer);
+    assert.equal(sdv.getUint32(S.op, true), 11);
+    assert.equal(sdv.getUint32(S.pages + 4, true), 2);
+    assert.equal(sdv.getUint32(S.dirty_bitmap + 4, true), 2 ** 8);
+    assert.equal(sdv.getUint32(S.stats + DC.XEN_DOMCTL_SHADOW_OP_STATS.dirty_count, true), 9);
+    assert.deepEqual(DC.decodeShadowOp(s), sop);
+    assert.throws(() => DC.encodeShadowOp({ ...sop, faultCount: 2 ** 32 }), RangeError);
   });
 
   test("every runtime export of src/abi/vcpu_context.ts and src/abi/domctl.ts is checked", () => {

@@ -44,6 +44,7 @@ function observed(v: Vcpu, log: string[]): GuestCpu {
     write32: (va, x) => v.write32(va, x),
     write64: (va, x) => v.write64(va, x),
     pageWords: (va) => v.pageWords(va),
+    mapPageWords: (va) => v.mapPageWords(va),
     spend: (ns) => v.spend(ns),
   };
 }

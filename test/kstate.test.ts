@@ -108,6 +108,7 @@ class FakeMemory {
       this.page(va)[(va % 4096) >>> 2] = v;
     },
     pageWords: (va: number) => this.page(va),
+    mapPageWords: (va: number) => this.page(va),
   } as GuestCpu;
 }
 

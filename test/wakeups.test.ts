@@ -256,6 +256,9 @@ class ScanCpu implements GuestCpu {
   pageWords(): Uint32Array {
     throw new Error("unexpected guest memory access");
   }
+  mapPageWords(): Uint32Array {
+    throw new Error("unexpected guest memory access");
+  }
   spend(): void {}
   getRegister(): number {
     return 0;

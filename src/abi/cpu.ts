@@ -20,10 +20,17 @@ export interface GuestCpu {
   write32(va: number, value: number): void;
   write64(va: number, value: number): void;
   /**
-   * The 32-bit words of the page that backs `va` now, for hot loops over a page the kernel keeps
-   * mapped (shared_info, event arrays): as a TLB hit on a mapping that does not change.
+   * The 32-bit words of the page that backs `va` now, as a TLB hit on a mapping that does not
+   * change, for a loop over the page right away (zeroing, a copy): the machine takes the page
+   * as written now, and sees no later write through the view.
    */
   pageWords(va: number): Uint32Array;
+  /**
+   * pageWords for a page the kernel keeps mapped and writes at will, long after this call
+   * (shared_info, rings, event arrays): writes the machine never sees, so it takes the page as
+   * written all the time (log-dirty reports it dirty in every round).
+   */
+  mapPageWords(va: number): Uint32Array;
   /** Accounts guest work in virtual nanoseconds. */
   spend(ns: number): void;
   /**

@@ -1,6 +1,7 @@
 // The toolstack's interface to Xen (public/domctl.h and public/sysctl.h, Xen 4.17): command
 // numbers, interface versions, flags, and the layouts of the argument structs libxc fills in,
-// with an encoder and decoder for xen_domctl_getdomaininfo and xen_domctl_tsc_info. These structs
+// with an encoder and decoder for xen_domctl_getdomaininfo, xen_domctl_tsc_info and
+// xen_domctl_shadow_op. These structs
 // use uint64_aligned_t and 64-bit guest handles, so their layout is the same for 32- and 64-bit
 // toolstacks. Checked against the headers by test/abi-headers.test.ts.
 
@@ -449,3 +450,81 @@ export const XEN_SYSCTL_CREDIT_SCHEDULE = { size: 12, tslice_ms: 0, ratelimit_us
 export const XEN_SYSCTL_SCHEDULER_OP = { size: 32, cpupool_id: 0, sched_id: 4, cmd: 8, u: 16 } as const;
 /** struct xen_sysctl_sched_id. */
 export const XEN_SYSCTL_SCHED_ID = { size: 4, sched_id: 0 } as const;
+
+// ---- log-dirty: XEN_DOMCTL_shadow_op -----------------------------------------------------------
+
+/** XEN_DOMCTL_SHADOW_OP_*: xen_domctl_shadow_op.op. */
+export const XEN_DOMCTL_SHADOW_OP = {
+  OFF: 0,
+  ENABLE: 32,
+  CLEAN: 11,
+  PEEK: 12,
+  GET_ALLOCATION: 30,
+  SET_ALLOCATION: 31,
+  ENABLE_TEST: 1,
+  ENABLE_LOGDIRTY: 2,
+} as const;
+/** XEN_DOMCTL_SHADOW_ENABLE_*: the mode of OP_ENABLE. */
+export const XEN_DOMCTL_SHADOW_ENABLE = { REFCOUNT: 1 << 1, LOG_DIRTY: 1 << 2, TRANSLATE: 1 << 3, EXTERNAL: 1 << 4 } as const;
+/** XEN_DOMCTL_SHADOW_LOGDIRTY_*: the mode of OP_CLEAN and OP_PEEK. */
+export const XEN_DOMCTL_SHADOW_LOGDIRTY = { FINAL: 1 << 0 } as const;
+/** struct xen_domctl_shadow_op_stats. */
+export const XEN_DOMCTL_SHADOW_OP_STATS = { size: 8, fault_count: 0, dirty_count: 4 } as const;
+/** struct xen_domctl_shadow_op: a 64-bit handle to the bitmap, its size in pages (bits), the stats. */
+export const XEN_DOMCTL_SHADOW_OP_ARG = {
+  size: 40,
+  op: 0,
+  mode: 4,
+  mb: 8,
+  dirty_bitmap: 16,
+  pages: 24,
+  stats: 32,
+  stats_fault_count: 32,
+  stats_dirty_count: 36,
+} as const;
+
+/** xen_domctl_shadow_op as plain data (`dirtyBitmap` is the guest handle's address). */
+export interface DomctlShadowOp {
+  op: number;
+  mode: number;
+  mb: number;
+  dirtyBitmap: number;
+  pages: number;
+  faultCount: number;
+  dirtyCount: number;
+}
+
+const SOP = XEN_DOMCTL_SHADOW_OP_ARG;
+
+export function encodeShadowOp(s: DomctlShadowOp, out?: Uint8Array): Uint8Array {
+  const bytes = out ?? new Uint8Array(SOP.size);
+  const dv = view(bytes, SOP.size, "xen_domctl_shadow_op");
+  bytes.fill(0, 0, SOP.size);
+  const u32s = [
+    ["op", SOP.op],
+    ["mode", SOP.mode],
+    ["mb", SOP.mb],
+    ["faultCount", SOP.stats_fault_count],
+    ["dirtyCount", SOP.stats_dirty_count],
+  ] as const;
+  for (const [f, off] of u32s) {
+    checkUint(s[f], 32, `shadow_op.${f}`);
+    dv.setUint32(off, s[f], true);
+  }
+  putU64(dv, SOP.dirty_bitmap, s.dirtyBitmap, "shadow_op.dirtyBitmap");
+  putU64(dv, SOP.pages, s.pages, "shadow_op.pages");
+  return bytes;
+}
+
+export function decodeShadowOp(bytes: Uint8Array): DomctlShadowOp {
+  const dv = view(bytes, SOP.size, "xen_domctl_shadow_op");
+  return {
+    op: dv.getUint32(SOP.op, true),
+    mode: dv.getUint32(SOP.mode, true),
+    mb: dv.getUint32(SOP.mb, true),
+    dirtyBitmap: getU64(dv, SOP.dirty_bitmap),
+    pages: getU64(dv, SOP.pages),
+    faultCount: dv.getUint32(SOP.stats_fault_count, true),
+    dirtyCount: dv.getUint32(SOP.stats_dirty_count, true),
+  };
+}

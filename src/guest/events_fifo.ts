@@ -37,7 +37,7 @@ class FifoPage implements GuestPage {
   kstateRevive(env: KstateEnv): void {
     if (this.va === undefined) throw new KstateError("kstate: a FIFO page without its address (PageSource.allocZeroedPage must give va)");
     const k = env.kernel;
-    this.words = env.cpu.pageWords(this.va);
+    this.words = env.cpu.mapPageWords(this.va);
     this.gfn = k.pfnToMfn(env.cpu, (this.va - k.base) / XEN_PAGE_SIZE);
   }
 }

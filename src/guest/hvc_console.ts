@@ -41,7 +41,7 @@ export class HvcConsole {
   /** After a restore: the page's views and the irq handler again. */
   kstateRevive(env: KstateEnv): void {
     if (this.pageVa === undefined) throw new KstateError("kstate: HvcConsole was not given its page's address (pageVa)");
-    const words = env.cpu.pageWords(this.pageVa);
+    const words = env.cpu.mapPageWords(this.pageVa);
     this.page = new Uint8Array(words.buffer, words.byteOffset, 4096);
     this.idx = new DataView(words.buffer, words.byteOffset, 4096);
     this.events.registerHandler("hvc_console", (cpu) => this.interrupt(cpu));

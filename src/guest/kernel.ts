@@ -219,7 +219,8 @@ export class XenLinux implements GuestImage, Scratch, PageSource {
   allocZeroedPage(cpu: GuestCpu): GuestPage | undefined {
     const pfn = this.allocPfn();
     if (pfn === undefined) return undefined;
-    const words = cpu.pageWords(this.va(pfn));
+    // The backend keeps the view (event array pages, control blocks).
+    const words = cpu.mapPageWords(this.va(pfn));
     words.fill(0);
     return { words, gfn: this.pfnToMfn(cpu, pfn), va: this.va(pfn) };
   }
@@ -293,7 +294,7 @@ export class XenLinux implements GuestImage, Scratch, PageSource {
     this.suspend = newSuspendState(nr);
     const init = bootPagetables(this, cpu, rootPfn, sharedInfoMa);
     this.lowmemPages = init.lowmemPages;
-    const words = cpu.pageWords(FIX_SHARED_INFO[this.width]);
+    const words = cpu.mapPageWords(FIX_SHARED_INFO[this.width]);
     this.si = new DataView(words.buffer);
     this.siBytes = new Uint8Array(words.buffer);
     if (init.lowmemPages < this.nrPages) {
@@ -333,7 +334,7 @@ export class XenLinux implements GuestImage, Scratch, PageSource {
   private consoleInit(cpu: GuestCpu, mfn: number, port: number): void {
     const pfn = this.m2p.get(mfn);
     if (port === 0 || pfn === undefined) return;
-    const hvc = new HvcConsole(this.events, cpu.pageWords(this.va(pfn)), port, this.va(pfn));
+    const hvc = new HvcConsole(this.events, cpu.mapPageWords(this.va(pfn)), port, this.va(pfn));
     if (hvc.init(cpu) < 0) return;
     this.console = hvc;
     hvc.write(cpu, this.log.map((l) => `${l}\n`).join(""));
@@ -346,7 +347,7 @@ export class XenLinux implements GuestImage, Scratch, PageSource {
       this.printk(cpu, "xenbus: no xenstore ring in start_info");
       return;
     }
-    const xb = new XenBus(this.events, cpu.pageWords(this.va(pfn)), port, (c, t) => this.printk(c, t), this.va(pfn));
+    const xb = new XenBus(this.events, cpu.mapPageWords(this.va(pfn)), port, (c, t) => this.printk(c, t), this.va(pfn));
     const rc = xb.init(cpu);
     if (rc < 0) {
       this.printk(cpu, `xenbus: cannot bind the store channel: ${rc}`);
@@ -530,7 +531,7 @@ export class XenLinux implements GuestImage, Scratch, PageSource {
     const mfn = Math.floor(this.startInfoWord(cpu, this.layout.start_info.shared_info) / XEN_PAGE_SIZE);
     const rc = cpu.hypercall(HYPERVISOR.update_va_mapping, ...pteArgs(this.width, FIX_SHARED_INFO[this.width], pteLo(mfn, KERNEL_PROT), pteHi(mfn), UVMF.INVLPG));
     if (rc < 0) throw new Error(`cannot map shared_info: ${rc}`);
-    const words = cpu.pageWords(FIX_SHARED_INFO[this.width]);
+    const words = cpu.mapPageWords(FIX_SHARED_INFO[this.width]);
     this.si = new DataView(words.buffer);
     this.siBytes = new Uint8Array(words.buffer);
     this.events?.backend.attachSharedInfo?.(words);

@@ -88,7 +88,7 @@ export class XenBus {
    */
   kstateRevive(env: KstateEnv): void {
     if (this.ringVa === undefined) throw new KstateError("kstate: XenBus was not given its ring's address (ringVa)");
-    const words = env.cpu.pageWords(this.ringVa);
+    const words = env.cpu.mapPageWords(this.ringVa);
     this.ring = new Uint8Array(words.buffer, words.byteOffset, 4096);
     this.idx = new DataView(words.buffer, words.byteOffset, 4096);
     this.log = (c, t) => env.kernel.printk(c, t);

@@ -1,12 +1,14 @@
 // The PV MMU auditor: recomputes every frame's general and type reference counts from first
 // principles (allocation, pins, base pointers, foreign mappings, and the entries of every validated table) and
 // compares them with Xen's; checks that no frame with a pagetable type is mapped writable or
-// sits writable in a TLB, that the guest's p2m and Xen's M2P agree, and that the guest's
-// PG_pinned bookkeeping matches what Xen has pinned.
+// sits writable in a TLB, that no TLB entry lets a log-dirty domain's clean page be written
+// unseen, that the guest's p2m and Xen's M2P agree, and that the guest's PG_pinned bookkeeping
+// matches what Xen has pinned.
 
 import { _PAGE_PRESENT, _PAGE_RW, pteMfn } from "../abi/x86.ts";
 import type { Hypervisor } from "../hypervisor/hypervisor.ts";
 import { PGT, PGT_TYPE_MASK } from "../hypervisor/page_info.ts";
+import { TLB_RO, TLB_RW } from "../hypervisor/tlb.ts";
 import type { XenLinux } from "../guest/kernel.ts";
 import { layoutFor } from "../abi/layout.ts";
 import { XEN_PAGE_SIZE } from "../abi/xen.ts";
@@ -94,8 +96,13 @@ export function auditMm(hv: Hypervisor, kernels: ReadonlyMap<number, XenLinux>):
   }
   for (const d of hv.domains.values()) {
     for (const v of d.vcpus) {
-      for (const [vpn, mfn, writable] of v.tlb.entries()) {
-        if (writable && pages.isProtected(mfn)) out.push(`d${d.domid}v${v.id}: TLB holds a writable entry for page 0x${(vpn * 4096).toString(16)} to mfn ${mfn}, ${pages.describe(mfn)}`);
+      for (const [vpn, mfn, state] of v.tlb.entries()) {
+        // A write-protected entry (TLB_WP_LOGDIRTY) is writable too: its next write goes through.
+        if (state !== TLB_RO && pages.isProtected(mfn)) out.push(`d${d.domid}v${v.id}: TLB holds a writable entry for page 0x${(vpn * 4096).toString(16)} to mfn ${mfn}, ${pages.describe(mfn)}`);
+        const ld = hv.domainById(mem.owner[mfn]!)?.logDirty;
+        if (state === TLB_RW && ld?.enabled && mem.m2p[mfn]! < 0x80000000 && !ld.mfnIsDirty(mfn)) {
+          out.push(`d${d.domid}v${v.id}: TLB lets page 0x${(vpn * 4096).toString(16)} (mfn ${mfn}, pfn ${mem.m2p[mfn]}) be written unseen by log-dirty`);
+        }
         if (mem.owner[mfn] !== d.domid && pages.count[mfn] === 0) out.push(`d${d.domid}v${v.id}: TLB maps freed mfn ${mfn}`);
       }
     }

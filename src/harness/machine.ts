@@ -15,6 +15,7 @@ export function bootMachine(params: HostParams, onBoot: (hv: Hypervisor) => void
       nrFrames: (params.machineMiB * 1024 * 1024) / 4096,
       firstDomid: 0,
       sched: { nrPcpus: params.pcpus, seed: params.seed, kind: params.sched ?? "credit" },
+      disabledFixes: params.xenDisabledFixes ?? [],
     });
     onBoot(hv);
     const xen = openPrivcmd(hv, DOMID_XEN);

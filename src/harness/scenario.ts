@@ -248,6 +248,8 @@ export interface Machine {
 export interface RunParams {
   /** Guest fixes to switch off (see src/guest/fixes.ts). */
   disableFixes?: readonly string[];
+  /** Hypervisor fixes to switch off (see src/hypervisor/fixes.ts). */
+  xenDisabledFixes?: readonly string[];
 }
 
 /** Builds and starts the machine `sc` describes, under `seed`. */
@@ -255,7 +257,12 @@ export function buildMachine(sc: Scenario, seed: number, params: RunParams = {})
   // A seed the generator would reduce would run another seed's machine under this one's name.
   if (!isSeed(seed)) throw new ScenarioError(`seed ${seed}: seeds are integers 0..${MAX_SEED}`);
   const frames = sc.domains.reduce((n, d) => n + d.spec.memoryMiB * 256 + 8, 0) + 1024;
-  const hv = new Hypervisor({ nrFrames: frames, firstDomid: 1, sched: { nrPcpus: sc.pcpus, seed, kind: sc.sched ?? "interleave" } });
+  const hv = new Hypervisor({
+    nrFrames: frames,
+    firstDomid: 1,
+    sched: { nrPcpus: sc.pcpus, seed, kind: sc.sched ?? "interleave" },
+    disabledFixes: params.xenDisabledFixes ?? [],
+  });
   // No dom0 here: the runner plays the toolstack, with Xen's own authority.
   const xc = openPrivcmd(hv, DOMID_XEN);
   const kernels = new Map<number, XenLinux>();

@@ -6,6 +6,7 @@ import { evtchn2lInit } from "./evtchn_2l.ts";
 import { EvtchnTable } from "./evtchn.ts";
 import { EvtchnFifo } from "./evtchn_fifo.ts";
 import type { EvtchnPortOps } from "./evtchn_ops.ts";
+import type { PagingLogDirty } from "./log_dirty.ts";
 import type { Vcpu } from "./vcpu.ts";
 
 export type DomainState = "running" | "shutdown" | "dying";
@@ -60,6 +61,8 @@ export class Domain {
     readonly sharedInfoBytes: Uint8Array,
     readonly image: GuestImage,
     private readonly globalVirqOwner: (virq: number) => number,
+    /** Log-dirty mode (d->arch.paging.log_dirty), and the pages the kernel writes unseen. */
+    readonly logDirty: PagingLogDirty,
   ) {
     this.layout = layoutFor(config.width);
     this.maxVcpus = config.maxVcpus;

@@ -32,6 +32,7 @@ import type { Domain } from "./domain.ts";
 import { evtchnAllocUnbound } from "./evtchn.ts";
 import type { ConsoleLine, Hypervisor } from "./hypervisor.ts";
 import { handleDebugKeys } from "./keyhandler.ts";
+import type { ShadowOpResult } from "./log_dirty.ts";
 import { PGT, PGT_TYPE_MASK } from "./page_info.ts";
 import { CreditScheduler } from "./sched_credit.ts";
 import { archGetInfoGuest, archSetInfoGuest, archVcpuReset } from "./vcpu_context.ts";
@@ -364,6 +365,25 @@ export class Privcmd {
     return typeof d === "number" ? d : d.width;
   }
 
+  /**
+   * XEN_DOMCTL_shadow_op for a PV domain (paging_domctl), the XEN_DOMCTL_SHADOW_OP_* `op`:
+   * ENABLE_LOGDIRTY (or ENABLE with mode ENABLE_LOG_DIRTY) is -EINVAL when already on; OFF is 0
+   * when not on; CLEAN copies the bitmap into `bitmap` and then clears it and the stats; PEEK
+   * only copies. Bit `pfn` is bit (pfn & 7) of byte (pfn >> 3). `pages` is how many pfns the
+   * caller asks for (by default what `bitmap` holds, or none without one: a CLEAN without a
+   * bitmap then clears only the stats, as Xen's walk clears only what it passes). CLEAN and PEEK
+   * answer pages and stats; OFF and ENABLE answer 0; GET/SET_ALLOCATION answer `mb`. A domain
+   * that is dying is left alone (0); one without vCPUs, or the caller itself, is -EINVAL.
+   */
+  shadow_op(domid: number, op: number, bitmap?: Uint8Array, pages?: number, mode = 0, mb = 0): ShadowOpResult | number {
+    const d = this.target(domid);
+    if (typeof d === "number") return d;
+    if (domid === this.caller) return -E.EINVAL;
+    if (d.state === "dying") return 0;
+    if (d.vcpus.length === 0) return -E.EINVAL;
+    return this.hv.logDirty.domctl(d, op, mode, mb, bitmap, pages ?? (bitmap ? bitmap.length * 8 : 0));
+  }
+
   /** XEN_DOMCTL_set_virq_handler: a global VIRQ goes to `domid` from now on. */
   set_virq_handler(domid: number, virq: number): number {
     const d = this.target(domid);
@@ -517,6 +537,9 @@ export class Privcmd {
     }
     const m = new ForeignMapping(this.hv, domid, taken, writable);
     this.hv.foreignMappings.add(m);
+    // The mapper writes through a writable mapping at will and unseen: log-dirty takes its frames
+    // as written now, and at every CLEAN and PEEK while the mapping lasts (log_dirty.ts).
+    if (writable) for (const mfn of taken) this.hv.logDirty.markMfn(mfn);
     return m;
   }
 

@@ -1,6 +1,10 @@
 // The FIFO ABI (xen/common/event_fifo.c): an event word per port in guest-provided array
 // pages, 16 priority queues per vCPU linked through the words, and a per-vCPU control block
 // with the queue heads and the READY bitmap. Queue tails are Xen-private.
+//
+// Xen writes the words through its own mapping of the pages and does not mark them for
+// log-dirty (the guest keeps them mapped and writes them too, so they go every round anyway);
+// the model marks each page it writes, so that every write to guest memory is seen.
 
 import { EVTCHN_FIFO as F, XEN_ERRNO } from "../abi/xen.ts";
 import type { Domain } from "./domain.ts";
@@ -108,6 +112,8 @@ export class EvtchnFifo implements EvtchnPortOps {
     const i = port & 1023;
     let w = page[i]! | PENDING;
     page[i] = w;
+    const ld = this.d.logDirty;
+    if (ld.enabled) ld.markMfn(this.arrayMfns[port >>> 10]!);
     if (!(w & (MASKED | LINKED))) {
       const prio = this.d.evtchn.priority[port]!;
       const oldCb = this.controlBlocks[this.lastVcpu[port]!];
@@ -130,6 +136,7 @@ export class EvtchnFifo implements EvtchnPortOps {
           cb.words[cb.readyIdx] = ready | (1 << prio);
           v.markEventsPending();
         }
+        if (ld.enabled) ld.markMfn(cb.mfn);
       }
     }
     this.d.checkPollers(port);
@@ -143,13 +150,16 @@ export class EvtchnFifo implements EvtchnPortOps {
     const w = page[i]!;
     if (!(w & LINKED)) return false;
     page[i] = (w & ~LINK_MASK) | port;
+    this.d.logDirty.markMfn(this.arrayMfns[tail >>> 10]!);
     return true;
   }
 
   clearPending(port: number): void {
     this.pendingNoWord[port] = 0;
     const page = this.arrayPages[port >>> 10];
-    if (page) page[port & 1023]! &= ~PENDING;
+    if (!page) return;
+    page[port & 1023]! &= ~PENDING;
+    this.d.logDirty.markMfn(this.arrayMfns[port >>> 10]!);
   }
 
   unmask(port: number): void {
@@ -157,6 +167,7 @@ export class EvtchnFifo implements EvtchnPortOps {
     if (!page) return;
     const i = port & 1023;
     page[i]! &= ~MASKED;
+    this.d.logDirty.markMfn(this.arrayMfns[port >>> 10]!);
     if (page[i]! & PENDING) {
       const v = this.d.vcpus[this.d.evtchn.notifyVcpu[port]!];
       if (v) this.setPending(v, port);

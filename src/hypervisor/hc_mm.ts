@@ -110,6 +110,8 @@ function mmuUpdateOne(hv: Hypervisor, d: Domain, ptOwner: Domain, pgOwner: Domai
   if (d !== ptOwner || !mayTarget(d, pgOwner)) return -E.EPERM;
   if (!mm.getPage(mfn, pgOwner)) return -E.EINVAL;
   hv.memory.m2p[mfn] = valLo;
+  // paging_mark_pfn_dirty(pg_owner, gpfn): the pfn the frame now stands for.
+  hv.logDirty.markMfn(mfn);
   mm.putPage(mfn);
   return 0;
 }
@@ -130,6 +132,8 @@ function normalPtUpdate(hv: Hypervisor, ptOwner: Domain, pgOwner: Domain, mfn: n
     rc = writeEntry(hv, mfn, slot, lo, hi);
     mm.putPageType(mfn);
   }
+  // paging_write_guest_entry: the written page is dirty (marked before a last put could free it).
+  if (rc >= 0) hv.logDirty.markPtUpdate(mfn);
   mm.putPage(mfn);
   return rc;
 }
@@ -175,6 +179,7 @@ export function doUpdateVaMapping(hv: Hypervisor, v: Vcpu, va: number, lo: numbe
     const slot = v.width === 64 ? Math.floor((va < 0 ? va + 2 ** 48 : va) / 4096) % 512 : (va >>> 12) & 511;
     rc = mm.modEntry(1, l1, slot, lo >>> 0, hi >>> 0, d, d);
   }
+  if (rc === 0) hv.logDirty.markPtUpdate(l1);
   mm.putPage(l1);
   if (rc < 0) return rc;
   const type = flags & UVMF.FLUSHTYPE_MASK;
@@ -296,6 +301,7 @@ function mmuextOne(hv: Hypervisor, v: Vcpu, pgOwner: Domain, cmd: number, arg1: 
         mm.putPage(mfn);
         return -E.EINVAL;
       }
+      hv.logDirty.markMfn(mfn);
       hv.memory.u32(mfn).fill(0);
       mm.putPageAndType(mfn);
       return 0;
@@ -313,6 +319,7 @@ function mmuextOne(hv: Hypervisor, v: Vcpu, pgOwner: Domain, cmd: number, arg1: 
         mm.putPage(dst);
         return -E.EINVAL;
       }
+      hv.logDirty.markMfn(dst);
       hv.memory.u32(dst).set(hv.memory.u32(src));
       mm.putPageAndType(dst);
       mm.putPage(src);

@@ -8,6 +8,8 @@ import { DOMID_FIRST_RESERVED, RUNSTATE, SHUTDOWN, VIRQ, XEN_ERRNO as E } from "
 import { Domain, type DomainConfig } from "./domain.ts";
 import type { ForeignMapping } from "./domctl.ts";
 import { evtchn2lInit } from "./evtchn_2l.ts";
+import { hypervisorFixesDisabled } from "./fixes.ts";
+import { LogDirty, PagingLogDirty } from "./log_dirty.ts";
 import { ECS, type EvtchnHost, evtchnClose, sendGuestVirq } from "./evtchn.ts";
 import { GuestAccess } from "./guest_access.ts";
 import { dispatchHypercall } from "./hypercall.ts";
@@ -36,6 +38,8 @@ export interface HypervisorParams {
   sched: Partial<SchedParams>;
   /** Virtual ns a hypercall costs, beyond the work it does. */
   hypercallNs: number;
+  /** Hypervisor fixes to build the machine without (src/hypervisor/fixes.ts); unknown names throw. */
+  disabledFixes?: readonly string[];
 }
 
 export interface ConsoleLine {
@@ -55,6 +59,7 @@ export class Hypervisor implements VcpuHost, SchedHost, EvtchnHost {
   readonly foreignMappings = new Set<ForeignMapping>();
   /** Domain that owns each global VIRQ (XEN_DOMCTL_set_virq_handler); dom0 by default. */
   readonly globalVirqHandlers = new Map<number, number>();
+  readonly logDirty: LogDirty;
   readonly hypercallNs: number;
   private nextDomid = 0;
   /** The last exception a guest kernel died of (a guest bug, kept for tests and reports). */
@@ -63,8 +68,14 @@ export class Hypervisor implements VcpuHost, SchedHost, EvtchnHost {
   private deadlineDirty = true;
 
   constructor(params: Partial<HypervisorParams> = {}) {
+    const off = hypervisorFixesDisabled(params.disabledFixes);
     this.memory = new MachineMemory(params.nrFrames ?? 1 << 20);
-    this.mm = new PvMm(this.memory, (domid) => this.domains.get(domid));
+    this.logDirty = new LogDirty(this.memory, this.domains, this.foreignMappings, !off.has("logdirty-pt-update"));
+    this.mm = new PvMm(
+      this.memory,
+      (domid) => this.domains.get(domid),
+      (mfn) => this.logDirty.markMfn(mfn),
+    );
     this.guest = new GuestAccess(this.memory);
     this.hypercallNs = params.hypercallNs ?? 50;
     this.nextDomid = params.firstDomid ?? 0;
@@ -123,6 +134,7 @@ export class Hypervisor implements VcpuHost, SchedHost, EvtchnHost {
       this.memory.u8(sharedInfoMfn),
       image,
       (virq) => this.globalVirqHandlers.get(virq) ?? 0,
+      new PagingLogDirty(this.memory.m2p),
     );
     d.pauseCount = 1;
     this.domains.set(id, d);
@@ -260,6 +272,7 @@ export class Hypervisor implements VcpuHost, SchedHost, EvtchnHost {
   /** XEN_DOMCTL_destroydomain: closes its channels (peers go unbound) and frees its memory. */
   destroyDomain(d: Domain): void {
     d.state = "dying";
+    this.logDirty.disable(d);
     for (const v of d.vcpus) this.sched.evict(v);
     for (let port = 1; port < d.evtchn.validPorts; port++) {
       if (d.evtchn.state[port] !== ECS.FREE) evtchnClose(this, d, port);

@@ -52,6 +52,8 @@ export class PvMm {
   constructor(
     readonly mem: MachineMemory,
     private readonly domainById: (domid: number) => MmDomain | undefined,
+    /** paging_mark_dirty of the frame's owner (log-dirty; a no-op while no domain is in it). */
+    private readonly markDirty: (mfn: number) => void = () => {},
   ) {
     this.pages = new PageInfo(mem.nrFrames);
   }
@@ -92,6 +94,8 @@ export class PvMm {
       }
       p.typeCount[mfn] = 1;
       if (p.validated(mfn)) return 0;
+      // validate_page: a table (or descriptor page) is dirtied when its type count becomes non-zero.
+      if (type !== PGT.writable) this.markDirty(mfn);
       const level = type & PGT_TYPE_MASK;
       if (level >= PGT.l1 && level <= PGT.l4) {
         const rc = this.validate(mfn, level, d);
@@ -120,6 +124,8 @@ export class PvMm {
     p.stamp[mfn] = this.flushClock;
     const level = p.level(mfn);
     if (level > 0 && p.validated(mfn)) {
+      // free_page_type: and dirtied when it becomes zero.
+      this.markDirty(mfn);
       p.setValidated(mfn, false);
       this.devalidate(mfn, level);
     }
@@ -151,6 +157,8 @@ export class PvMm {
       return -E.EINVAL;
     }
     this.pages.setPinned(mfn, true);
+    // A page is dirtied when its pin status is set, and when it is cleared (do_mmuext_op).
+    this.markDirty(mfn);
     return 0;
   }
 
@@ -164,6 +172,7 @@ export class PvMm {
     this.pages.setPinned(mfn, false);
     this.putPageAndType(mfn);
     this.putPage(mfn);
+    this.markDirty(mfn);
     return 0;
   }
 

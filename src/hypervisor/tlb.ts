@@ -18,11 +18,16 @@ import type { MachineMemory } from "./memory.ts";
 
 export const TLB_SETS = 1024;
 export const TLB_INDEX_MASK = TLB_SETS - 1;
+/** Tlb.writable: read-only; writable; writable by the pagetables but write-protected for log-dirty. */
+export const TLB_RO = 0;
+export const TLB_RW = 1;
+export const TLB_WP_LOGDIRTY = 2;
 
 export class Tlb {
   /** Virtual page number cached in each set. */
   readonly tag = new Float64Array(TLB_SETS);
   readonly frame = new Int32Array(TLB_SETS);
+  /** TLB_RO, TLB_RW or TLB_WP_LOGDIRTY: hot paths write only through TLB_RW. */
   readonly writable = new Uint8Array(TLB_SETS);
   /** An entry is live while its generation is the current one: a full flush is one increment. */
   readonly gen = new Uint32Array(TLB_SETS);
@@ -44,25 +49,33 @@ export class Tlb {
     if (this.tag[i] === vpn) this.gen[i] = 0;
   }
 
-  /** The cached translation for `vpn`: mfn * 2 + writable, or -1. */
+  /** The cached translation for `vpn`: mfn * 2 + writable (by the pagetables), or -1. */
   lookup(vpn: number): number {
     const i = vpn & TLB_INDEX_MASK;
     if (this.gen[i] !== this.curGen || this.tag[i] !== vpn) return -1;
-    return this.frame[i]! * 2 + this.writable[i]!;
+    return this.frame[i]! * 2 + (this.writable[i] === TLB_RO ? 0 : 1);
   }
 
-  fill(vpn: number, mfn: number, writable: boolean): void {
+  /** Caches `vpn` -> `mfn` with `state` (TLB_RO, TLB_RW or TLB_WP_LOGDIRTY). */
+  fill(vpn: number, mfn: number, state: number): void {
     const i = vpn & TLB_INDEX_MASK;
     this.tag[i] = vpn;
     this.frame[i] = mfn;
-    this.writable[i] = writable ? 1 : 0;
+    this.writable[i] = state;
     this.gen[i] = this.curGen;
   }
 
-  /** Live entries as [vpn, mfn, writable] (for the auditor). */
-  *entries(): Generator<[number, number, boolean]> {
+  /** Live TLB_RW entries to frames `domid` owns become TLB_WP_LOGDIRTY (log-dirty's write protection). */
+  writeProtect(owner: Int32Array, domid: number): void {
     for (let i = 0; i < TLB_SETS; i++) {
-      if (this.gen[i] === this.curGen) yield [this.tag[i]!, this.frame[i]!, this.writable[i] === 1];
+      if (this.writable[i] === TLB_RW && this.gen[i] === this.curGen && owner[this.frame[i]!] === domid) this.writable[i] = TLB_WP_LOGDIRTY;
+    }
+  }
+
+  /** Live entries as [vpn, mfn, writable state] (for the auditor). */
+  *entries(): Generator<[number, number, number]> {
+    for (let i = 0; i < TLB_SETS; i++) {
+      if (this.gen[i] === this.curGen) yield [this.tag[i]!, this.frame[i]!, this.writable[i]!];
     }
   }
 }

@@ -6,12 +6,14 @@ import type { GuestWidth } from "../abi/layout.ts";
 import { FPU_CTXT_SIZE, GPR_NAMES, type GprName, NR_CTRLREG, NR_DEBUGREG, NR_GDT_FRAMES, NR_TRAP_CTXT, X86_DR6_DEFAULT, X86_DR7_DEFAULT } from "../abi/vcpu_context.ts";
 import { NR_VIRQS, RUNSTATE, XEN_PAGE_SIZE } from "../abi/xen.ts";
 import type { Domain } from "./domain.ts";
+import type { LogDirty } from "./log_dirty.ts";
 import type { MachineMemory } from "./memory.ts";
-import { TLB_INDEX_MASK, Tlb, walk } from "./tlb.ts";
+import { TLB_INDEX_MASK, TLB_RO, TLB_RW, Tlb, walk } from "./tlb.ts";
 
 /** What a vCPU needs from the hypervisor around it. */
 export interface VcpuHost {
   readonly memory: MachineMemory;
+  readonly logDirty: LogDirty;
   hypercall(v: Vcpu, op: number, a1: number, a2: number, a3: number, a4: number, a5: number): number;
   now(v: Vcpu): number;
   wake(v: Vcpu): void;
@@ -334,21 +336,36 @@ export class Vcpu implements GuestCpu {
   }
 
   pageWords(va: number): Uint32Array {
-    return this.host.memory.u32(Math.floor(this.translateOrFault(va, false) / XEN_PAGE_SIZE));
+    const mfn = Math.floor(this.translateOrFault(va, false) / XEN_PAGE_SIZE);
+    // The kernel writes through the view right away (zeroing, a copy): log-dirty sees it now.
+    if (this.host.logDirty.active !== 0) this.host.logDirty.markMfn(mfn);
+    return this.host.memory.u32(mfn);
+  }
+
+  mapPageWords(va: number): Uint32Array {
+    const mfn = Math.floor(this.translateOrFault(va, false) / XEN_PAGE_SIZE);
+    this.host.logDirty.keepMapped(mfn);
+    return this.host.memory.u32(mfn);
   }
 
   /**
    * The machine address of `va` through the TLB, walking the pagetables on a miss; -1 where the
-   * CPU would fault. A write through a read-only entry drops the entry, as a #PF does.
+   * CPU would fault. A write through a read-only entry drops the entry, as a #PF does; one
+   * through an entry write-protected for log-dirty marks the page and makes the entry writable,
+   * as Xen's shadow fault does.
    */
   translate(va: number, write: boolean): number {
     const vpn = Math.floor(va / XEN_PAGE_SIZE);
     const t = this.tlb;
     const i = vpn & TLB_INDEX_MASK;
     if (t.gen[i] === t.curGen && t.tag[i] === vpn) {
-      if (write && t.writable[i] === 0) {
-        t.gen[i] = 0;
-        return -1;
+      if (write && t.writable[i] !== TLB_RW) {
+        if (t.writable[i] === TLB_RO) {
+          t.gen[i] = 0;
+          return -1;
+        }
+        this.host.logDirty.writeFault(t.frame[i]!);
+        t.writable[i] = TLB_RW;
       }
       return t.frame[i]! * XEN_PAGE_SIZE + (va - vpn * XEN_PAGE_SIZE);
     }
@@ -357,7 +374,8 @@ export class Vcpu implements GuestCpu {
     const writable = e % 2 === 1;
     if (write && !writable) return -1;
     const mfn = (e - (e % 2)) / 2;
-    t.fill(vpn, mfn, writable);
+    const ld = this.host.logDirty;
+    t.fill(vpn, mfn, !writable ? TLB_RO : ld.active === 0 ? TLB_RW : ld.fillState(mfn, write));
     return mfn * XEN_PAGE_SIZE + (va - vpn * XEN_PAGE_SIZE);
   }
 

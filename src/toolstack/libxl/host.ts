@@ -49,6 +49,8 @@ export interface HostParams {
   dom0Vcpus: number;
   /** Xen's scheduler: credit (as Xen hosts run; the default) or the seeded interleaver scenarios use. */
   sched?: "credit" | "interleave";
+  /** Hypervisor fixes to build Xen without (src/hypervisor/fixes.ts): to show what each prevents. */
+  xenDisabledFixes?: readonly string[];
 }
 
 export const DEFAULT_HOST: HostParams = { pcpus: 4, seed: 1, machineMiB: 4096, dom0MemoryMiB: 32, dom0Vcpus: 1 };
