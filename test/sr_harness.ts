@@ -15,7 +15,9 @@ import type { Hypervisor } from "../src/hypervisor/hypervisor.ts";
 import { BytesSink, bytesSource } from "../src/toolstack/libxc/sr_stream.ts";
 import { type GuestConfig, parseGuestConfig } from "../src/toolstack/libxl/guest_cfg.ts";
 import { DEFAULT_HOST, type Host, type HostDomain } from "../src/toolstack/libxl/host.ts";
-import { openImage, writeSaveImage } from "../src/toolstack/libxl/save_restore.ts";
+import { openImage, writeMigrationStream, writeSaveImage } from "../src/toolstack/libxl/save_restore.ts";
+import type { RestoreResult } from "../src/toolstack/libxc/sr_restore_x86_pv.ts";
+import type { LiveSaveResult } from "../src/toolstack/libxc/sr_save_x86_pv.ts";
 import { retrievedConfig } from "../src/toolstack/xl/host_info.ts";
 import { configTextFromJson } from "../src/toolstack/xl/save_cmds.ts";
 import { libxlDomainConfig, yajlBeautify } from "../src/toolstack/xl/xl_format.ts";
@@ -29,9 +31,9 @@ export interface TestHost {
   seed: number;
 }
 
-/** A booted 2-pCPU host. */
-export function newHost(seed: number, machineMiB = 192): TestHost {
-  const { host, hv } = bootHost({ ...DEFAULT_HOST, pcpus: 2, machineMiB, seed });
+/** A booted 2-pCPU host (`xenDisabledFixes`: hypervisor fixes switched off). */
+export function newHost(seed: number, machineMiB = 192, xenDisabledFixes?: string[]): TestHost {
+  const { host, hv } = bootHost({ ...DEFAULT_HOST, pcpus: 2, machineMiB, seed, ...(xenDisabledFixes ? { xenDisabledFixes } : {}) });
   host.boot();
   return { host, hv, seed };
 }
@@ -105,6 +107,38 @@ export function writeImage(th: TestHost, hd: HostDomain): Uint8Array {
   return sink.bytes();
 }
 
+/** What a live migration did: the stream, the sender's rounds, the receiver's VERIFY result. */
+export interface Migrated {
+  image: Uint8Array;
+  sent: LiveSaveResult;
+  received: RestoreResult;
+  hd: HostDomain;
+}
+
+/**
+ * A live migration from `a` to `b` in one process: the guest runs `runMs` between PAGE_DATA
+ * batches while pre-copy sends, is suspended when libxc asks, and is restored into `b` from the
+ * stream; the source's copy is destroyed once the destination has it.
+ */
+export function migrate(a: TestHost, hd: HostDomain, b: TestHost, opts: { debug?: boolean; runMs?: number } = {}): Migrated {
+  const json = yajlBeautify(libxlDomainConfig(retrievedConfig(a.host, hd.domid)!));
+  const sink = new BytesSink();
+  const gen = writeMigrationStream(a.host.xc, hd.domid, sink, json, { debug: opts.debug ?? true });
+  let r = gen.next();
+  while (!r.done) {
+    if ("suspend" in r.value) suspend(a, hd);
+    else run(a, opts.runMs ?? 0.05);
+    r = gen.next();
+  }
+  const image = sink.bytes();
+  let received: RestoreResult | undefined;
+  const moved = restoreWith(b, image, (x) => {
+    received = x;
+  });
+  a.host.destroy(hd.domid);
+  return { image, sent: r.value, received: received!, hd: moved };
+}
+
 /** `xl save`: suspend, write the image, destroy the domain. */
 export function save(th: TestHost, hd: HostDomain): Uint8Array {
   suspend(th, hd);
@@ -134,11 +168,15 @@ export function checkpoint(th: TestHost, hd: HostDomain): Uint8Array {
  * the restored kernel's state.
  */
 export function restore(th: TestHost, image: Uint8Array, paused = false): HostDomain {
+  return restoreWith(th, image, () => {}, paused);
+}
+
+function restoreWith(th: TestHost, image: Uint8Array, onStreamComplete: (r: RestoreResult) => void, paused = false): HostDomain {
   const img = openImage(bytesSource(image));
   const width = img.pvInfo.guestWidth === 8 ? 64 : 32;
   const text = configTextFromJson(img.config, width);
   const cfg = { ...parseGuestConfig(text, "<saved>"), source: { file: "<saved>", text } };
-  const gen = th.host.restore(cfg, img, { paused });
+  const gen = th.host.restore(cfg, img, { paused, onStreamComplete });
   let r = gen.next();
   while (!r.done) r = gen.next();
   const hd = r.value;

@@ -34,6 +34,8 @@ export interface RestoreResult {
   storeMfn: number;
   consoleMfn: number;
   pagesWithData: number;
+  /** With a VERIFY pass (xl migrate --debug): pages compared, and the pfns that differed. */
+  verify?: { pages: number; mismatches: number[] };
 }
 
 const LEVEL_OF_TYPE = (type: number) => (type & PFINFO.LTABTYPE_MASK) / 2 ** PFINFO.LTAB_SHIFT;
@@ -50,6 +52,10 @@ export class X86PvRestore {
   private p2mFramePfns: number[] = [];
   private readonly vcpus = new Map<number, Uint8Array>();
   private pagesWithData = 0;
+  /** After a VERIFY record, PAGE_DATA is compared with what was restored, not written. */
+  private verifying = false;
+  private readonly mismatches: number[] = [];
+  private verified = 0;
   private done: RestoreResult | undefined;
   /** The record being handled, for messages. */
   private where = "";
@@ -65,7 +71,10 @@ export class X86PvRestore {
   }
 
   private fail(what: string): never {
-    throw new RestoreError(`${this.where}: ${what}`);
+    const n = this.mismatches.length;
+    // The likely cause, when the VERIFY pass already saw the sender miss pages.
+    const verify = n > 0 ? ` (VERIFY found ${n} page${n === 1 ? "" : "s"} that differ, from pfn 0x${this.mismatches[0]!.toString(16)})` : "";
+    throw new RestoreError(`${this.where}: ${what}${verify}`);
   }
 
   private rc(what: string, rc: number): number {
@@ -95,7 +104,12 @@ export class X86PvRestore {
         this.p2mFrames(rec.body.startPfn, rec.body.endPfn, rec.body.frames);
         return;
       case "PAGE_DATA":
-        this.pageData(rec.body);
+        if (this.verifying) this.verifyPages(rec.body);
+        else this.pageData(rec.body);
+        return;
+      case "VERIFY":
+        if (!this.seenStaticDataEnd) this.fail("VERIFY before STATIC_DATA_END");
+        this.verifying = true;
         return;
       case "X86_TSC_INFO": {
         const t = rec.body;
@@ -209,6 +223,38 @@ export class X86PvRestore {
     this.pagesWithData += withData.length;
   }
 
+  /** process_page_data in verify mode: each page, localised, must equal the restored frame. */
+  private verifyPages(pages: readonly PageDataPage[]): void {
+    const withData = pages.filter((p) => p.data !== undefined);
+    for (const p of withData) {
+      if (p.pfn > this.maxPfn) this.fail(`pfn 0x${p.pfn.toString(16)} is outside the domain's p2m (max pfn 0x${this.maxPfn.toString(16)})`);
+      if (this.p2m[p.pfn] === INVALID_MFN) this.mismatches.push(p.pfn);
+    }
+    const present = withData.filter((p) => this.p2m[p.pfn] !== INVALID_MFN);
+    if (present.length === 0) return;
+    const map = this.xc.map_foreign_pages(
+      this.domid,
+      PROT_READ,
+      present.map((p) => this.p2m[p.pfn]!),
+    );
+    if (typeof map === "number") this.fail(`mapping ${present.length} frames to verify failed (${errnoName(map)})`);
+    try {
+      for (let i = 0; i < present.length; i++) {
+        const p = present[i]!;
+        const want = p.data!.slice();
+        const level = LEVEL_OF_TYPE(p.type);
+        if (level >= 1 && level <= 4) this.localisePagetable(want, level, p.pfn);
+        const have = map.u8(i);
+        let same = want.length === have.length;
+        for (let b = 0; same && b < want.length; b++) same = want[b] === have[b];
+        if (!same) this.mismatches.push(p.pfn);
+        this.verified++;
+      }
+    } finally {
+      map.unmap();
+    }
+  }
+
   private populate(pfns: number[]): void {
     if (pfns.length === 0) return;
     const got = this.xc.populate_physmap(this.domid, pfns);
@@ -314,6 +360,7 @@ export class X86PvRestore {
     this.pinPagetables();
     this.updateGuestP2m();
     this.done = { width, startInfoPfn, p2m: this.p2m, storeMfn: store.mfn, consoleMfn, pagesWithData: this.pagesWithData };
+    if (this.verifying) this.done.verify = { pages: this.verified, mismatches: this.mismatches };
   }
 
   /** process_start_info: start_info's pfns become the new frames; the new channels, nr_pages and shared_info go in. */

@@ -4,11 +4,11 @@
 // and each online vCPU's context with its frames turned into pfns. Records go to `emit` in
 // libxc's order; the caller frames them (sr_stream.ts).
 
-import { DOMINF, dominfShutdownCode, PFINFO, decodeGetdomaininfo } from "../../abi/domctl.ts";
+import { DOMINF, dominfShutdownCode, PFINFO, decodeGetdomaininfo, XEN_DOMCTL_SHADOW_OP } from "../../abi/domctl.ts";
 import { layoutFor, type GuestWidth, type Layout } from "../../abi/layout.ts";
 import { decodeVcpuGuestContext, encodeVcpuGuestContext, toUlong, xenCr3ToPfn, xenPfnToCr3 } from "../../abi/vcpu_context.ts";
 import { _PAGE_PRESENT, _PAGE_PSE, PTE_MFN_HI_MASK, pteHi, pteLo, pteMfn } from "../../abi/x86.ts";
-import { SHUTDOWN, XEN_PAGE_SIZE } from "../../abi/xen.ts";
+import { SHUTDOWN, XEN_ERRNO, XEN_PAGE_SIZE } from "../../abi/xen.ts";
 import { PROT_READ, type Privcmd } from "../../hypervisor/domctl.ts";
 import { errnoName } from "./errno.ts";
 import { type KnownLibxcRecord, MAX_BATCH_SIZE, type PageDataPage } from "./sr_format.ts";
@@ -76,25 +76,141 @@ export function* saveX86PvSteps(xc: Privcmd, domid: number, emit: (rec: KnownLib
   emit({ type: "STATIC_DATA_END", body: null });
   emit({ type: "X86_PV_P2M_FRAMES", body: { startPfn: 0, endPfn: g.maxPfn, frames: g.p2mFramePfns } });
 
-  let pagesWithData = 0;
-  let pagetables = 0;
   const total = g.maxPfn + 1;
-  for (let first = 0; first < total; first += MAX_BATCH_SIZE) {
-    const n = Math.min(MAX_BATCH_SIZE, total - first);
-    const sent = sendBatch(xc, domid, g, first, n);
-    pagesWithData += sent.withData;
-    pagetables += sent.pagetables;
-    emit({ type: "PAGE_DATA", body: sent.pages });
-    sent.release();
-    yield { pfnsDone: first + n, pfnsTotal: total };
-  }
+  const counts = { pagesWithData: 0, pagetables: 0 };
+  yield* sendPfns(xc, domid, g, allPfns(total), emit, counts);
+  return { ...finishStream(xc, domid, g, info.maxVcpuId, emit), width: g.width, pfns: total, ...counts };
+}
 
+/** simple_precopy_policy: stop and copy below this many dirty pages, or after this many rounds. */
+export const SPP_TARGET_DIRTY_COUNT = 50;
+export const SPP_MAX_ITERATIONS = 5;
+
+/** One pre-copy round: the pages it sent, and those the guest dirtied while it ran. */
+export interface PrecopyRound {
+  round: number;
+  sent: number;
+  dirtied: number;
+}
+
+/** A live save's steps: batches as SaveProgress, then one request to suspend the domain. */
+export type LiveSaveStep = (SaveProgress & { round: number }) | { suspend: true; rounds: readonly PrecopyRound[] };
+
+export interface LiveSaveResult extends SaveResult {
+  rounds: PrecopyRound[];
+  /** Pages sent after the suspend (the final CLEAN and the deferred pagetables). */
+  finalPages: number;
+  /** Pages sent again for VERIFY (--debug), 0 without. */
+  verifyPages: number;
+}
+
+function shadowOp(xc: Privcmd, domid: number, op: number, bitmap?: Uint8Array, pages?: number): { dirtyCount: number } {
+  const r = xc.shadow_op(domid, op, bitmap, pages);
+  if (typeof r === "number") {
+    if (r < 0) throw new SaveError(`shadow_op ${op} failed (${errnoName(r)})`);
+    return { dirtyCount: 0 };
+  }
+  return r;
+}
+
+function bitmapPfns(bitmap: Uint8Array, total: number, extra?: Set<number>): number[] {
+  const pfns: number[] = [];
+  for (let byte = 0; byte < bitmap.length; byte++) {
+    const b = bitmap[byte]!;
+    if (b === 0) continue;
+    for (let bit = 0; bit < 8; bit++) {
+      const pfn = byte * 8 + bit;
+      if ((b & (1 << bit)) !== 0 && pfn < total && !extra?.has(pfn)) pfns.push(pfn);
+    }
+  }
+  if (extra) pfns.push(...extra);
+  return pfns.sort((a, b) => a - b);
+}
+
+/**
+ * xc_domain_save with XCFLAGS_LIVE (send_memory_live, suspend_and_send_dirty, verify_frames):
+ * log-dirty on, every page sent while the guest runs, then the pages dirtied in each round
+ * again until simple_precopy_policy says stop; then one `{ suspend }` step, after which the
+ * caller must have suspended the domain; the final CLEAN and the deferred pages go out, with
+ * `debug` every page again after a VERIFY record, then the TSC, shared_info and vCPUs.
+ * Log-dirty is switched off however the save ends.
+ */
+export function* saveX86PvLiveSteps(
+  xc: Privcmd,
+  domid: number,
+  emit: (rec: KnownLibxcRecord) => void,
+  opts: { debug?: boolean } = {},
+): Generator<LiveSaveStep, LiveSaveResult, void> {
+  const raw = xc.getdomaininfo(domid);
+  if (typeof raw === "number") throw new SaveError(`getdomaininfo of domain ${domid} failed (${errnoName(raw)})`);
+  const info = decodeGetdomaininfo(raw);
+  if ((info.flags & DOMINF.shutdown) !== 0) throw new SaveError(`domain ${domid} has shut down: nothing to migrate live`);
+  // enable_logdirty: a previous save may have left it on; libxc switches it off and tries again.
+  let on = xc.shadow_op(domid, XEN_DOMCTL_SHADOW_OP.ENABLE_LOGDIRTY);
+  if (on === -XEN_ERRNO.EINVAL) {
+    xc.shadow_op(domid, XEN_DOMCTL_SHADOW_OP.OFF);
+    on = xc.shadow_op(domid, XEN_DOMCTL_SHADOW_OP.ENABLE_LOGDIRTY);
+  }
+  if (typeof on === "number" && on < 0) throw new SaveError(`enabling log-dirty on domain ${domid} failed (${errnoName(on)})`);
+  try {
+    const g = mapGuestP2m(xc, domid, info.sharedInfoFrame);
+    emit({ type: "X86_PV_INFO", body: { guestWidth: g.layout.ulong as 4 | 8, ptLevels: g.width === 64 ? 4 : 3 } });
+    emit({ type: "STATIC_DATA_END", body: null });
+    emit({ type: "X86_PV_P2M_FRAMES", body: { startPfn: 0, endPfn: g.maxPfn, frames: g.p2mFramePfns } });
+    const total = g.maxPfn + 1;
+    const counts = { pagesWithData: 0, pagetables: 0 };
+    const deferred = new Set<number>();
+    const bitmap = new Uint8Array(Math.ceil(total / 64) * 8);
+    const rounds: PrecopyRound[] = [];
+    let pfns = allPfns(total);
+    for (let round = 1; ; round++) {
+      for (const s of sendPfns(xc, domid, g, pfns, emit, counts, { deferred })) yield { ...s, round };
+      const sent = pfns.length;
+      const { dirtyCount } = shadowOp(xc, domid, XEN_DOMCTL_SHADOW_OP.CLEAN, bitmap, total);
+      rounds.push({ round, sent, dirtied: dirtyCount });
+      if (dirtyCount < SPP_TARGET_DIRTY_COUNT || round >= SPP_MAX_ITERATIONS) break;
+      pfns = bitmapPfns(bitmap, total);
+    }
+    // The pages dirtied in the last round wait for the suspend, with the deferred ones.
+    yield { suspend: true, rounds };
+    const after = xc.getdomaininfo(domid);
+    const afterInfo = typeof after === "number" ? undefined : decodeGetdomaininfo(after);
+    if (!afterInfo || (afterInfo.flags & DOMINF.shutdown) === 0 || dominfShutdownCode(afterInfo.flags) !== SHUTDOWN.suspend) {
+      throw new SaveError(`domain ${domid} has not been suspended`);
+    }
+    // The bitmap still holds the last round's CLEAN; the final one adds what ran since.
+    const lastRound = bitmap.slice();
+    shadowOp(xc, domid, XEN_DOMCTL_SHADOW_OP.CLEAN, bitmap, total);
+    for (let i = 0; i < bitmap.length; i++) bitmap[i]! |= lastRound[i]!;
+    const finalPfns = bitmapPfns(bitmap, total, deferred);
+    for (const _ of sendPfns(xc, domid, g, finalPfns, emit, counts, {})) {
+      // the domain is suspended: no one runs in between
+    }
+    let verifyPages = 0;
+    if (opts.debug) {
+      emit({ type: "VERIFY", body: null });
+      const all = allPfns(total);
+      const v = { pagesWithData: 0, pagetables: 0 };
+      for (const _ of sendPfns(xc, domid, g, all, emit, v, {})) {
+        // every page once more, for the receiver to compare
+      }
+      verifyPages = v.pagesWithData;
+    }
+    const { vcpus } = finishStream(xc, domid, g, afterInfo.maxVcpuId, emit);
+    return { width: g.width, pfns: total, ...counts, vcpus, rounds, finalPages: finalPfns.length, verifyPages };
+  } finally {
+    xc.shadow_op(domid, XEN_DOMCTL_SHADOW_OP.OFF);
+  }
+}
+
+/** The records after memory: TSC, shared_info, each online vCPU, END. */
+function finishStream(xc: Privcmd, domid: number, g: GuestP2m, maxVcpuId: number, emit: (rec: KnownLibxcRecord) => void): { vcpus: number } {
   const tsc = xc.gettscinfo(domid);
   if (typeof tsc === "number") throw new SaveError(`gettscinfo failed (${errnoName(tsc)})`);
   emit({ type: "X86_TSC_INFO", body: { mode: tsc.mode, khz: tsc.gtscKhz, nsec: BigInt(tsc.elapsedNsec), incarnation: tsc.incarnation } });
   emit({ type: "SHARED_INFO", body: readFrame(xc, domid, g.sharedInfoFrame, "shared_info") });
   let vcpus = 0;
-  for (let id = 0; id <= info.maxVcpuId; id++) {
+  for (let id = 0; id <= maxVcpuId; id++) {
     const vi = xc.getvcpuinfo(domid, id);
     if (typeof vi === "number") throw new SaveError(`getvcpuinfo of vcpu${id} failed (${errnoName(vi)})`);
     if (!vi.online) continue;
@@ -102,7 +218,39 @@ export function* saveX86PvSteps(xc: Privcmd, domid: number, emit: (rec: KnownLib
     vcpus++;
   }
   emit({ type: "END", body: null });
-  return { width: g.width, pfns: total, pagesWithData, pagetables, vcpus };
+  return { vcpus };
+}
+
+function allPfns(total: number): number[] {
+  const pfns: number[] = [];
+  for (let pfn = 0; pfn < total; pfn++) pfns.push(pfn);
+  return pfns;
+}
+
+/**
+ * send_dirty_pages: `pfns` in PAGE_DATA batches, yielding after each. A `live` save copies each
+ * page out (the stream may hold its bytes while the guest runs on); with `live.deferred` (a
+ * pre-copy round), a pagetable that does not normalise (the running guest is changing it) goes
+ * out as XTAB and its pfn is kept for the final round, as libxc defers it.
+ */
+function* sendPfns(
+  xc: Privcmd,
+  domid: number,
+  g: GuestP2m,
+  pfns: readonly number[],
+  emit: (rec: KnownLibxcRecord) => void,
+  counts: { pagesWithData: number; pagetables: number },
+  live?: { deferred?: Set<number> },
+): Generator<SaveProgress, void, void> {
+  for (let at = 0; at < pfns.length; at += MAX_BATCH_SIZE) {
+    const batch = pfns.slice(at, at + MAX_BATCH_SIZE);
+    const sent = sendBatch(xc, domid, g, batch, live);
+    counts.pagesWithData += sent.withData;
+    counts.pagetables += sent.pagetables;
+    emit({ type: "PAGE_DATA", body: sent.pages });
+    sent.release();
+    yield { pfnsDone: at + batch.length, pfnsTotal: pfns.length };
+  }
 }
 
 function readFrame(xc: Privcmd, domid: number, mfn: number, what: string): Uint8Array {
@@ -228,11 +376,20 @@ function mfnToPfn(g: GuestP2m, mfn: number): number | undefined {
 }
 
 /** One PAGE_DATA batch: types from getpageframeinfo3, data through a read-only mapping. */
-function sendBatch(xc: Privcmd, domid: number, g: GuestP2m, first: number, n: number): { pages: PageDataPage[]; withData: number; pagetables: number; release(): void } {
+function sendBatch(
+  xc: Privcmd,
+  domid: number,
+  g: GuestP2m,
+  batch: readonly number[],
+  live?: { deferred?: Set<number> },
+): { pages: PageDataPage[]; withData: number; pagetables: number; release(): void } {
+  const deferred = live?.deferred;
+  const n = batch.length;
+  const first = batch[0] ?? 0;
   const mfns: number[] = [];
   const valid: number[] = [];
   for (let i = 0; i < n; i++) {
-    const mfn = g.p2m[first + i]!;
+    const mfn = g.p2m[batch[i]!]!;
     mfns.push(mfn);
     if (mfn !== INVALID_MFN) valid.push(mfn);
   }
@@ -250,9 +407,10 @@ function sendBatch(xc: Privcmd, domid: number, g: GuestP2m, first: number, n: nu
   if (typeof map === "number") throw new SaveError(`mapping pfns 0x${first.toString(16)}+${n} failed (${errnoName(map)})`);
   const pages: PageDataPage[] = [];
   let d = 0;
+  let deferredHere = 0;
   let pagetables = 0;
   for (let i = 0; i < n; i++) {
-    const pfn = first + i;
+    const pfn = batch[i]!;
     const type = typeOf[i]!;
     const kind = (type & PFINFO.LTAB_MASK) >>> 0;
     if (kind === PFINFO.XTAB || kind === PFINFO.BROKEN || kind === PFINFO.XALLOC) {
@@ -262,11 +420,21 @@ function sendBatch(xc: Privcmd, domid: number, g: GuestP2m, first: number, n: nu
     const src = map!.u8(d++);
     const level = (type & PFINFO.LTABTYPE_MASK) / 2 ** PFINFO.LTAB_SHIFT;
     if (level >= 1 && level <= 4) {
+      let data: Uint8Array;
+      try {
+        data = normalisePagetable(g, src, level, pfn);
+      } catch (e) {
+        if (!deferred || !(e instanceof SaveError)) throw e;
+        deferred.add(pfn);
+        pages.push({ pfn, type: PFINFO.XTAB });
+        deferredHere++;
+        continue;
+      }
       pagetables++;
-      pages.push({ pfn, type, data: normalisePagetable(g, src, level, pfn) });
-    } else pages.push({ pfn, type, data: src });
+      pages.push({ pfn, type, data });
+    } else pages.push({ pfn, type, data: live ? src.slice() : src });
   }
-  return { pages, withData: d, pagetables, release: () => map?.unmap() };
+  return { pages, withData: d - deferredHere, pagetables, release: () => map?.unmap() };
 }
 
 /**

@@ -19,6 +19,7 @@ import { Rng } from "../../util/rng.ts";
 import { Dom0User } from "../dom0_user.ts";
 import { type BuiltDomain, buildDomain, type DomainSpec } from "../libxc/builder.ts";
 import { errnoName } from "../libxc/errno.ts";
+import type { RestoreResult } from "../libxc/sr_restore_x86_pv.ts";
 import { ConsoleRing } from "../xenconsoled/xenconsoled.ts";
 import { Xenstored, type XsClock, type XsDomainBackend, type XsTransport } from "../xenstored/daemon.ts";
 import { XsRingTransport } from "../xenstored/xs_ring.ts";
@@ -346,7 +347,11 @@ export class Host {
    * console channels), filled by libxc's restore a batch per step, then admitted as a created
    * domain is. Anything that fails destroys what was made.
    */
-  *restore(cfg: GuestConfig, img: OpenedImage, opts: { paused?: boolean; monitor?: boolean } = {}): Generator<TransferProgress, HostDomain, void> {
+  *restore(
+    cfg: GuestConfig,
+    img: OpenedImage,
+    opts: { paused?: boolean; monitor?: boolean; onStreamComplete?: (r: RestoreResult) => void } = {},
+  ): Generator<TransferProgress, HostDomain, void> {
     if (this.nameToDomid(cfg.name) !== undefined) throw new HostError(`Domain with name "${cfg.name}" already exists.`);
     const backend = this.pingpongBackend(cfg);
     const width = img.pvInfo.guestWidth === 8 ? 64 : 32;
@@ -364,6 +369,7 @@ export class Host {
       const storeEvtchn = this.checked("alloc_unbound (store)", this.xc.evtchn_alloc_unbound(domid, 0));
       const consoleEvtchn = this.checked("alloc_unbound (console)", this.xc.evtchn_alloc_unbound(domid, 0));
       const r = yield* restoreImage(this.xc, domid, img, { storeEvtchn, consoleEvtchn, maxVcpus: cfg.maxVcpus });
+      opts.onStreamComplete?.(r);
       const built: BuiltDomain = {
         domid,
         width,

@@ -6,9 +6,9 @@
 import { closeSync, fsyncSync, openSync, renameSync, rmSync } from "node:fs";
 import { basename, dirname, join } from "node:path";
 import type { Privcmd } from "../../hypervisor/domctl.ts";
-import { type SaveResult, saveX86PvSteps } from "../libxc/sr_save_x86_pv.ts";
+import { type LiveSaveResult, type PrecopyRound, type SaveResult, saveX86PvLiveSteps, saveX86PvSteps } from "../libxc/sr_save_x86_pv.ts";
 import { type ByteSink, type ByteSource, fdSink, fdSource, StreamInput, StreamOutput } from "../libxc/sr_stream.ts";
-import { StreamError, type X86PvInfo } from "../libxc/sr_format.ts";
+import { type KnownLibxcRecord, StreamError, type X86PvInfo } from "../libxc/sr_format.ts";
 import { LibxlReader, LibxlWriter } from "./sr_stream.ts";
 import { readXlSaveHeader, type XlSaveHeader, writeXlSaveHeader } from "../xl/save_format.ts";
 import { type RestoreResult, X86PvRestore, type RestoreParams, RestoreError } from "../libxc/sr_restore_x86_pv.ts";
@@ -23,20 +23,57 @@ export interface TransferProgress {
 
 /** Writes the whole image of suspended domain `domid` to `sink`, a batch per step. */
 export function* writeSaveImage(xc: Privcmd, domid: number, sink: ByteSink, configJson: string): Generator<TransferProgress, SaveResult & { bytes: number }, void> {
+  return yield* writeImage(sink, configJson, (emit) => saveX86PvSteps(xc, domid, emit), (s) => ({ done: s.pfnsDone, total: s.pfnsTotal }));
+}
+
+/** A step of a live migration stream: a batch sent in pre-copy round `round`, or the request to suspend now. */
+export type MigrationStep = ({ done: number; total: number; round: number } | { suspend: true; rounds: readonly PrecopyRound[] }) & { bytes: number };
+
+/**
+ * libxl_domain_suspend with LIBXL_SUSPEND_LIVE: the same image as a save, but memory goes out
+ * while the domain runs (pre-copy rounds); at the `suspend` step the caller suspends it.
+ */
+export function* writeMigrationStream(
+  xc: Privcmd,
+  domid: number,
+  sink: ByteSink,
+  configJson: string,
+  opts: { debug?: boolean } = {},
+): Generator<MigrationStep, LiveSaveResult & { bytes: number }, void> {
+  return yield* writeImage(
+    sink,
+    configJson,
+    (emit) => saveX86PvLiveSteps(xc, domid, emit, opts),
+    (s) => ("suspend" in s ? s : { done: s.pfnsDone, total: s.pfnsTotal, round: s.round }),
+  );
+}
+
+/** The xl header, libxl's stream around libxc's records from `save`, and libxl's END. */
+function* writeImage<S, R, Y>(
+  sink: ByteSink,
+  configJson: string,
+  save: (emit: (rec: KnownLibxcRecord) => void) => Generator<S, R, void>,
+  report: (s: S) => Y,
+): Generator<Y & { bytes: number }, R & { bytes: number }, void> {
   const out = new StreamOutput(sink);
   writeXlSaveHeader(out, configJson);
   const lw = new LibxlWriter(out);
   lw.writeHeader();
   const w = lw.libxc();
   w.writeHeaders();
-  const steps = saveX86PvSteps(xc, domid, (rec) => w.write(rec));
-  for (;;) {
-    const r = steps.next();
-    if (r.done) {
-      lw.end();
-      return { ...r.value, bytes: out.offset };
+  const steps = save((rec) => w.write(rec));
+  try {
+    for (;;) {
+      const r = steps.next();
+      if (r.done) {
+        lw.end();
+        return { ...r.value, bytes: out.offset };
+      }
+      yield { ...report(r.value), bytes: out.offset };
     }
-    yield { done: r.value.pfnsDone, total: r.value.pfnsTotal, bytes: out.offset };
+  } finally {
+    // A caller that stops early: the save's own cleanup (log-dirty off) still runs.
+    steps.return(undefined as never);
   }
 }
 
