@@ -11,26 +11,10 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, test } from "node:test";
+import { CLI, ok, row, xensim } from "./cli_helpers.ts";
 import { XEN_LIBEXEC, xenEnv, xenNeeds } from "./xen_tools.ts";
 
 const VERIFY = xenNeeds("verify-stream-v2");
-const CLI = [process.execPath, "--import", "tsx", "src/cli/main.ts"];
-
-function xensim(...args: string[]): { code: number; out: string; err: string } {
-  const r = spawnSync(CLI[0]!, [...CLI.slice(1), ...args], { encoding: "utf8", timeout: 120_000 });
-  return { code: r.status ?? -1, out: r.stdout, err: r.stderr };
-}
-
-function ok(r: { code: number; out: string; err: string }, what: string): string {
-  assert.equal(r.code, 0, `${what}: exit ${r.code}\n${r.out}${r.err}`);
-  return r.out;
-}
-
-/** `xl list`'s row for `name`: [domid, state], or undefined. */
-function row(dir: string, name: string): { domid: number; state: string; time: number } | undefined {
-  const m = new RegExp(`^${name}\\s+(\\d+)\\s+\\d+\\s+\\d+\\s+(\\S+)\\s+([\\d.]+)`, "m").exec(ok(xensim("-H", dir, "list"), "list"));
-  return m ? { domid: Number(m[1]), state: m[2]!, time: Number(m[3]) } : undefined;
-}
 
 function consoleText(dir: string, name: string): string {
   const r = spawnSync(CLI[0]!, [...CLI.slice(1), "-H", dir, "console", name], { encoding: "utf8", timeout: 8_000, input: "" });

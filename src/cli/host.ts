@@ -21,8 +21,9 @@ export function registerHost(program: Command): void {
     .option("--memory <MiB>", "machine memory", String(DEFAULT_HOST.machineMiB))
     .option("--seed <n>", "the machine's seed", String(DEFAULT_HOST.seed))
     .option("--sched <kind>", "Xen's credit scheduler, or the seeded interleaver scenarios use (credit|interleave)", "credit")
+    .option("--migrate-listen <addr:port>", "take incoming migrations (xl migrate-receive) on this TCP address")
     .option("--foreground", "run here instead of in the background")
-    .action(async (opts: { dir: string; speed: string; pcpus: string; memory: string; seed: string; sched: string; foreground?: boolean }) => {
+    .action(async (opts: { dir: string; speed: string; pcpus: string; memory: string; seed: string; sched: string; migrateListen?: string; foreground?: boolean }) => {
       const dir = resolve(opts.dir);
       const speed = Number(opts.speed);
       const pcpus = Number(opts.pcpus);
@@ -33,6 +34,7 @@ export function registerHost(program: Command): void {
       if (!Number.isInteger(machineMiB) || machineMiB < 64 || machineMiB > 65536) throw new Error("--memory must be 64..65536 MiB");
       if (opts.sched !== "credit" && opts.sched !== "interleave") throw new Error("--sched must be credit or interleave");
       const sched: "credit" | "interleave" = opts.sched;
+      const migrateListen = opts.migrateListen === undefined ? undefined : parseHostPort(opts.migrateListen, "--migrate-listen");
       mkdirSync(dir, { recursive: true });
       if (await isUp(dir)) throw new Error(`a host is already running in ${dir}`);
       if (!opts.foreground) {
@@ -45,12 +47,14 @@ export function registerHost(program: Command): void {
         params: { ...DEFAULT_HOST, pcpus, machineMiB, seed, sched },
         boot: bootMachine({ ...DEFAULT_HOST, pcpus, machineMiB, seed, sched }),
         log: (line) => console.log(`xensim: ${line}`),
+        ...(migrateListen ? { migrateListen } : {}),
       });
       // Handlers before the announcement: whoever reads it may signal at once.
       const quit = () => void running.stop();
       process.once("SIGINT", quit);
       process.once("SIGTERM", quit);
-      console.log(`xensim: host up in ${dir}: ${pcpus} pCPUs, ${machineMiB} MiB, speed ${speed}x, ${sched} scheduler (pid ${process.pid})`);
+      const mig = migrateListen ? `, migrations on ${migrateListen.host}:${migrateListen.port}` : "";
+      console.log(`xensim: host up in ${dir}: ${pcpus} pCPUs, ${machineMiB} MiB, speed ${speed}x, ${sched} scheduler${mig} (pid ${process.pid})`);
       await running.stopped;
       console.log("xensim: host stopped");
       // Nothing of the host is left to wait for; do not linger on idle handles.
@@ -190,4 +194,12 @@ async function waitGone(pid: number, ms: number): Promise<boolean> {
     await new Promise((r) => setTimeout(r, 50));
   }
   return !isRunning(pid);
+}
+
+/** ADDR:PORT (the port 1..65535). */
+export function parseHostPort(text: string, what: string): { host: string; port: number } {
+  const m = /^(.+):(\d+)$/.exec(text);
+  const port = m ? Number(m[2]) : Number.NaN;
+  if (!m || !(port >= 1 && port <= 65535)) throw new Error(`${what}: ${JSON.stringify(text)} is not ADDR:PORT`);
+  return { host: m[1]!.replace(/^\[(.*)\]$/, "$1"), port };
 }

@@ -109,4 +109,66 @@ export function registerXlSave(program: Command, hostDir: (program: Command) => 
         console.error("Parsing config from <saved>");
       });
     });
+
+  program
+    .command("migrate")
+    .description("Migrate a domain to another host")
+    .usage("[options] <Domain> <host>")
+    .argument("<domain>")
+    .argument("<host>", "ADDR:PORT of a host started with --migrate-listen")
+    .option("--debug", "Verify the transfer: every page is sent again after the final round and compared (libxc's VERIFY).")
+    .option("--json", "Print the rounds, downtime and totals as JSON.")
+    .option("-s <sshcommand>", "Not supported yet: only TCP to a --migrate-listen host.")
+    .addHelpText(
+      "after",
+      "\nMemory goes out while the domain runs (pre-copy rounds with log-dirty), then it is suspended for the\nlast pages; the receiver restores it as <name>--incoming, and starts it once this side says so.",
+    )
+    .action(async (dom: string, target: string, opts: { debug?: boolean; json?: boolean; s?: string }) => {
+      if (opts.s !== undefined) {
+        console.error("migrate: -s (a transport command) is not supported yet; give the receiving host's ADDR:PORT (xensim up --migrate-listen)");
+        process.exitCode = 1;
+        return;
+      }
+      const started = performance.now();
+      let final: Reply | undefined;
+      let conn: { close(): void } | undefined;
+      await xl(
+        hostDir(program),
+        { cmd: "migrate", dom, target, debug: opts.debug === true },
+        (r) => {
+          const p = r["progress"] as Reply | undefined;
+          if (p === undefined) {
+            final = r;
+            conn?.close();
+            return;
+          }
+          if (opts.json) return;
+          if (p["round"] !== undefined) {
+            const mib = Number(p["bytes"]) / (1 << 20);
+            const secs = (performance.now() - started) / 1000;
+            console.error(`migration sender: round ${p["round"]}: ${p["sent"]} pages sent, ${p["dirtied"]} dirtied, ${mib.toFixed(1)} MiB, ${(mib / Math.max(secs, 1e-3)).toFixed(1)} MiB/s`);
+          } else if (p["suspended"]) console.error("migration sender: domain suspended, sending the last pages");
+          else if (p["message"] !== undefined) console.error(String(p["message"]));
+        },
+        (c) => {
+          conn = c;
+        },
+      );
+      if (!final) {
+        console.error("migrate: the host closed the connection before it finished");
+        process.exitCode = 1;
+        return;
+      }
+      if (final["ok"] === false) {
+        console.error(String(final["error"] ?? "failed"));
+        process.exitCode = 1;
+        return;
+      }
+      if (opts.json) {
+        const { ok: _ok, done: _done, ...rest } = final;
+        console.log(JSON.stringify(rest, null, 2));
+      } else {
+        console.error(`Migration successful (downtime ${final["downtimeMs"]} ms wall, ${Number(final["downtimeVirtualMs"]).toFixed(1)} ms virtual).`);
+      }
+    });
 }

@@ -228,8 +228,7 @@ function allPfns(total: number): number[] {
 }
 
 /**
- * send_dirty_pages: `pfns` in PAGE_DATA batches, yielding after each. A `live` save copies each
- * page out (the stream may hold its bytes while the guest runs on); with `live.deferred` (a
+ * send_dirty_pages: `pfns` in PAGE_DATA batches, yielding after each. With `live.deferred` (a
  * pre-copy round), a pagetable that does not normalise (the running guest is changing it) goes
  * out as XTAB and its pfn is kept for the final round, as libxc defers it.
  */
@@ -432,7 +431,7 @@ function sendBatch(
       }
       pagetables++;
       pages.push({ pfn, type, data });
-    } else pages.push({ pfn, type, data: live ? src.slice() : src });
+    } else pages.push({ pfn, type, data: src });
   }
   return { pages, withData: d - deferredHere, pagetables, release: () => map?.unmap() };
 }

@@ -13,6 +13,7 @@ import { LIBXL_HDR_SIZE } from "./sr_stream.ts";
 const RECORD_HEADER = 8;
 const LIBXL_LIBXC_CONTEXT = 1;
 const END = 0;
+const LIBXC_PAGE_DATA = 1;
 
 type Phase = "xl-header" | "xl-config" | "libxl-header" | "libxl-record" | "libxc-headers" | "libxc-record" | "done";
 
@@ -23,6 +24,9 @@ export class StreamFramer {
   private framedTo = 0;
   private phase: Phase = "xl-header";
   private readonly maxRecord: number;
+  /** libxc records framed so far, and of them PAGE_DATA records (what a receiver may read up to). */
+  libxcRecords = 0;
+  pageDataRecords = 0;
 
   constructor(opts: { maxRecordLength?: number } = {}) {
     this.maxRecord = opts.maxRecordLength ?? DEFAULT_MAX_RECORD_LENGTH;
@@ -116,7 +120,11 @@ export class StreamFramer {
           if (this.phase === "libxl-record") {
             if (type === END) this.phase = "done";
             else if (type === LIBXL_LIBXC_CONTEXT) this.phase = "libxc-headers";
-          } else if (type === END) this.phase = "libxl-record";
+          } else {
+            this.libxcRecords++;
+            if (type === LIBXC_PAGE_DATA) this.pageDataRecords++;
+            if (type === END) this.phase = "libxl-record";
+          }
           continue;
         }
       }

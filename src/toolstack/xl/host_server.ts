@@ -12,6 +12,7 @@ import { type BootMachine, Host, type HostParams } from "../libxl/host.ts";
 import { listenUnix } from "../../util/unix_socket.ts";
 import { listenXenstored } from "../xenstored/socket.ts";
 import { XL_COMMANDS, type XlReply } from "./xl_commands.ts";
+import { migrateReceive } from "./migrate.ts";
 
 export interface ServeOptions {
   dir: string;
@@ -21,6 +22,8 @@ export interface ServeOptions {
   /** Boots the machine the toolstack runs on (Xen with dom0). */
   boot: BootMachine;
   log: (line: string) => void;
+  /** ADDR:PORT where this host takes incoming migrations (xl migrate-receive over TCP). */
+  migrateListen?: { host: string; port: number };
 }
 
 export const HOST_FILES = { xenstored: "xenstored.sock", control: "control.sock", pid: "xensim.pid", log: "host.log" } as const;
@@ -97,6 +100,7 @@ export async function serveHost(opts: ServeOptions): Promise<RunningHost> {
   });
 
   const live = new Set<Socket>();
+  const stopExtra: (() => Promise<void>)[] = [];
   const track = (server: Server) =>
     server.on("connection", (s: Socket) => {
       live.add(s);
@@ -113,7 +117,7 @@ export async function serveHost(opts: ServeOptions): Promise<RunningHost> {
     }
     timer = undefined;
     for (const s of live) s.destroy();
-    await Promise.all([closeServer(xsServer), closeServer(ctlServer)]);
+    await Promise.all([closeServer(xsServer), closeServer(ctlServer), ...stopExtra.map((f) => f())]);
     for (const f of [xsPath, ctlPath, join(opts.dir, HOST_FILES.pid)]) if (existsSync(f)) rmSync(f, { force: true });
     resolveStopped();
   };
@@ -168,6 +172,19 @@ export async function serveHost(opts: ServeOptions): Promise<RunningHost> {
     await closeServer(xsServer);
     throw e;
   });
+  if (opts.migrateListen) {
+    const ml = opts.migrateListen;
+    const migServer = createServer((sock) => migrateReceive(host, sock, { waitFor, log: opts.log }));
+    track(migServer);
+    await new Promise<void>((res, rej) => {
+      migServer.once("error", rej);
+      migServer.listen(ml.port, ml.host, () => res());
+    }).catch(async (e: unknown) => {
+      await Promise.all([closeServer(xsServer), closeServer(ctlServer)]);
+      throw e;
+    });
+    stopExtra.push(() => closeServer(migServer));
+  }
   writeFileSync(join(opts.dir, HOST_FILES.pid), `${process.pid}\n`);
   tick();
   return { host, stopped, stop };

@@ -8,6 +8,7 @@ import { parseGuestConfig } from "../libxl/guest_cfg.ts";
 import { type Host, HostError } from "../libxl/host.ts";
 import { DOMINF, dominfShutdownCode } from "../../abi/domctl.ts";
 import { SAVE_COMMANDS } from "./save_cmds.ts";
+import { migrateCommand } from "./migrate.ts";
 import { SCHED_COMMANDS } from "./sched_cmds.ts";
 import { allDomainInfo, hostInfo, retrievedConfig } from "./host_info.ts";
 
@@ -39,6 +40,7 @@ export function requestDomid(r: XlRequest): number {
 export const XL_COMMANDS: Record<string, XlHandler> = {
   ...SCHED_COMMANDS,
   ...SAVE_COMMANDS,
+  migrate: (r) => migrateCommand(r),
   create(r) {
     const text = String(r.req["config"] ?? "");
     const file = String(r.req["file"] ?? "config");
