@@ -10,38 +10,24 @@
 // the seed and the moment, and MIGRATE_REPLAY=SEED:MS runs just that one.
 
 import assert from "node:assert/strict";
-import { spawnSync } from "node:child_process";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, rmSync, } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, describe, test } from "node:test";
 import { XEN_DOMCTL_SHADOW_OP } from "../src/abi/domctl.ts";
-import type { HostDomain } from "../src/toolstack/libxl/host.ts";
 import { writeMigrationStream } from "../src/toolstack/libxl/save_restore.ts";
 import { BytesSink } from "../src/toolstack/libxc/sr_stream.ts";
 import { retrievedConfig } from "../src/toolstack/xl/host_info.ts";
 import { libxlDomainConfig, yajlBeautify } from "../src/toolstack/xl/xl_format.ts";
 import * as H from "./sr_harness.ts";
-import { XEN_LIBEXEC, xenEnv, xenNeeds } from "./xen_tools.ts";
+import { assertRuns, verifyStream as verifyImage } from "./sr_checks.ts";
+import { xenNeeds } from "./xen_tools.ts";
 
 const VERIFY = xenNeeds("verify-stream-v2");
 const TMP = mkdtempSync(join(tmpdir(), "xensim-migrate-"));
 after(() => rmSync(TMP, { recursive: true, force: true }));
 
-const list = (ps: readonly string[]) => ps.map((p) => `\n  ${p}`).join("");
-
-function assertRuns(th: H.TestHost, hd: HostDomain, ms: number, what: string): void {
-  const problems = H.runAndCheck(th, hd, ms);
-  assert.deepEqual(problems, [], `${what} (${H.describe(th, hd)}):${list(problems)}`);
-}
-
-function verifyStream(image: Uint8Array, name: string): void {
-  const file = join(TMP, name);
-  writeFileSync(file, image);
-  const r = spawnSync("python3", [join(XEN_LIBEXEC, "verify-stream-v2"), "-f", "xl", "-i", file], { encoding: "utf8", timeout: 120_000, env: xenEnv() });
-  rmSync(file, { force: true });
-  assert.equal(r.status, 0, `verify-stream-v2 -f xl rejects the migration stream:\n${r.stdout}${r.stderr}`);
-}
+const verifyStream = (image: Uint8Array, name: string) => verifyImage(image, TMP, name);
 
 function assertVerified(m: H.Migrated, what: string): void {
   const v = m.received.verify;

@@ -12,14 +12,15 @@
 // (that test then runs that seed up to that moment, in this process, and prints what it saw).
 
 import assert from "node:assert/strict";
-import { spawn, spawnSync } from "node:child_process";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { spawn, } from "node:child_process";
+import { mkdtempSync, rmSync, } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import type { HostDomain } from "../src/toolstack/libxl/host.ts";
 import * as H from "./sr_harness.ts";
-import { XEN_LIBEXEC, xenEnv, xenNeeds } from "./xen_tools.ts";
+import { assertRuns, list, verifyStream as verifyImage } from "./sr_checks.ts";
+import { xenNeeds } from "./xen_tools.ts";
 
 const VERIFY = xenNeeds("verify-stream-v2");
 const HARNESS = join(import.meta.dirname, "sr_harness.ts");
@@ -27,22 +28,7 @@ const HARNESS = join(import.meta.dirname, "sr_harness.ts");
 const TMP = mkdtempSync(join(tmpdir(), "xensim-saverestore-"));
 after(() => rmSync(TMP, { recursive: true, force: true }));
 
-const list = (ps: readonly string[]) => ps.map((p) => `\n  ${p}`).join("");
-
-/** Runs `ms` and asserts that every check passes. */
-function assertRuns(th: H.TestHost, hd: HostDomain, ms: number, what: string): void {
-  const problems = H.runAndCheck(th, hd, ms);
-  assert.deepEqual(problems, [], `${what} (${H.describe(th, hd)}):${list(problems)}`);
-}
-
-/** The image through Xen's verify-stream-v2 -f xl. */
-function verifyStream(image: Uint8Array, name: string): void {
-  const file = join(TMP, name);
-  writeFileSync(file, image);
-  const r = spawnSync("python3", [join(XEN_LIBEXEC, "verify-stream-v2"), "-f", "xl", "-i", file], { encoding: "utf8", timeout: 120_000, env: xenEnv() });
-  rmSync(file, { force: true });
-  assert.equal(r.status, 0, `verify-stream-v2 -f xl rejects the image:\n${r.stdout}${r.stderr}`);
-}
+const verifyStream = (image: Uint8Array, name: string) => verifyImage(image, TMP, name);
 
 /** `node --import tsx test/sr_harness.ts ARGS` in a child process: its stdout's JSON lines. */
 function harnessChild(args: string[]): Promise<unknown[]> {
